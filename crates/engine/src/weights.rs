@@ -1,0 +1,153 @@
+//! Finding and loading a component's safetensors weights in the diffusers layout: a single
+//! file, a `.fp16` (or other) variant, or shards listed by a `*.safetensors.index.json`.
+//!
+//! Weights are loaded into a plain name -> tensor map. Models are built from that map through
+//! a `VarBuilder`, which reports a missing tensor or a shape mismatch by the tensor's name.
+//! Keeping the map (rather than building models straight from files) lets LoRA patch a few
+//! entries and rebuild a model without touching the base weights.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{read_json, Error, Result};
+
+pub type TensorMap = HashMap<String, Tensor>;
+
+/// The safetensors files holding the weights `stem` (e.g. `diffusion_pytorch_model` or
+/// `model`) in `dir`. With a `variant` (e.g. `fp16`) the variant is preferred and the plain
+/// files are the fallback; without one it is the other way round, since some repositories
+/// ship only the variant.
+pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec<PathBuf>> {
+    let mut names = vec![stem.to_string()];
+    let other = variant.map(|v| format!("{stem}.{v}"));
+    match &other {
+        Some(v) => names.insert(0, v.clone()),
+        None => names.push(format!("{stem}.fp16")),
+    }
+    for name in &names {
+        let single = dir.join(format!("{name}.safetensors"));
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{name}.safetensors.index.json"));
+        if index.is_file() {
+            return shard_files(&index);
+        }
+    }
+    Err(Error::Model(format!(
+        "no weights in {}: expected {}.safetensors (or a variant, or a sharded index)",
+        dir.display(),
+        stem
+    )))
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let idx: ShardIndex = read_json(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: BTreeSet<&String> = idx.weight_map.values().collect();
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        if f.contains('/') || f.contains('\\') || f.contains("..") {
+            return Err(Error::Model(format!("{}: shard name '{f}' is not a plain file name", index.display())));
+        }
+        let p = dir.join(f);
+        if !p.is_file() {
+            return Err(Error::Model(format!("{}: shard {f} is missing", index.display())));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Loads every tensor of the given files onto `device`, keeping their stored dtype.
+pub fn load_files(files: &[PathBuf], device: &Device) -> Result<TensorMap> {
+    let mut map = TensorMap::new();
+    for f in files {
+        let part = candle_core::safetensors::load(f, device)
+            .map_err(|e| Error::Model(format!("cannot read weights {}: {e}", f.display())))?;
+        map.extend(part);
+    }
+    Ok(map)
+}
+
+/// Loads the weights `stem` of a component folder.
+pub fn load_component(dir: &Path, stem: &str, variant: Option<&str>, device: &Device) -> Result<TensorMap> {
+    load_files(&component_files(dir, stem, variant)?, device)
+}
+
+/// A `VarBuilder` over a tensor map, converting to `dtype` as tensors are taken.
+pub fn var_builder(map: TensorMap, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_tensors(map, dtype, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::safetensors::save;
+
+    fn write(dir: &Path, name: &str, tensors: &[(&str, f32)]) {
+        let map: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, v)| (n.to_string(), Tensor::full(*v, 2, &Device::Cpu).unwrap()))
+            .collect();
+        save(&map, dir.join(name)).unwrap();
+    }
+
+    #[test]
+    fn prefers_plain_then_variant() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "model.fp16.safetensors", &[("a", 1.0)]);
+        let f = component_files(d.path(), "model", None).unwrap();
+        assert!(f[0].ends_with("model.fp16.safetensors"));
+        write(d.path(), "model.safetensors", &[("a", 2.0)]);
+        let f = component_files(d.path(), "model", None).unwrap();
+        assert!(f[0].ends_with("model.safetensors"));
+        let f = component_files(d.path(), "model", Some("fp16")).unwrap();
+        assert!(f[0].ends_with("model.fp16.safetensors"));
+    }
+
+    #[test]
+    fn sharded_index_loads_every_shard() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "m-00001.safetensors", &[("a", 1.0)]);
+        write(d.path(), "m-00002.safetensors", &[("b", 2.0)]);
+        std::fs::write(
+            d.path().join("m.safetensors.index.json"),
+            r#"{"metadata":{},"weight_map":{"a":"m-00001.safetensors","b":"m-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let map = load_component(d.path(), "m", None, &Device::Cpu).unwrap();
+        assert_eq!(map.len(), 2);
+        let b: Vec<f32> = map["b"].to_vec1().unwrap();
+        assert_eq!(b, vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn missing_shard_and_missing_weights_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("m.safetensors.index.json"), r#"{"weight_map":{"a":"gone.safetensors"}}"#).unwrap();
+        let e = component_files(d.path(), "m", None).unwrap_err().to_string();
+        assert!(e.contains("gone.safetensors"), "{e}");
+        let e = component_files(d.path(), "other", None).unwrap_err().to_string();
+        assert!(e.contains("other.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn missing_and_mismatched_tensors_name_the_tensor() {
+        let mut map = TensorMap::new();
+        map.insert("block.weight".into(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
+        let vb = var_builder(map, DType::F32, &Device::Cpu);
+        let e = vb.pp("block").get((3, 3), "weight").unwrap_err().to_string();
+        assert!(e.contains("block.weight"), "{e}");
+        let e = vb.pp("block").get((2, 3), "bias").unwrap_err().to_string();
+        assert!(e.contains("block.bias"), "{e}");
+    }
+}
