@@ -11,3 +11,5 @@ pub mod vae;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod ops;
+pub mod unet;
