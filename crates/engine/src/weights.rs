@@ -88,6 +88,67 @@ pub fn var_builder(map: TensorMap, dtype: DType, device: &Device) -> VarBuilder<
     VarBuilder::from_tensors(map, dtype, device)
 }
 
+/// Random weights for a model whose tensor names and shapes are only known once it is built:
+/// every tensor a model asks for is made up (normal, std 0.02; norm scales 1) and remembered,
+/// so the same weights can then be saved as a checkpoint. Benchmarks use it to get real-size
+/// architectures without downloads, and to hand diffusers the very same weights.
+#[derive(Clone, Default)]
+pub struct RandomWeights {
+    made: std::sync::Arc<std::sync::Mutex<TensorMap>>,
+}
+
+impl RandomWeights {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder handing out (and recording) random tensors.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// Everything handed out so far, in f32 on the CPU (what a checkpoint stores).
+    pub fn tensors(&self) -> Result<TensorMap> {
+        let made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        made.iter()
+            .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+            .collect()
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        _hint: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = made.get(name) {
+            return t.to_dtype(dtype);
+        }
+        let is_norm_scale = shape.rank() == 1 && name.ends_with(".weight") && name.contains("norm");
+        let t = if is_norm_scale {
+            Tensor::ones(shape, DType::F32, dev)?
+        } else {
+            Tensor::randn(0f32, 0.02, shape, dev)?
+        }
+        .to_dtype(dtype)?;
+        made.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,13 +9,13 @@ mod transformer;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Result as TResult, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_core::{DType, Device, Result as TResult, Tensor};
+use candle_nn::VarBuilder;
 
 pub use config::UNetConfig;
 
 use crate::error::{Error, Result};
-use crate::ops::GroupNorm;
+use crate::ops::{Conv2d, GroupNorm};
 use crate::weights;
 use blocks::{Common, DownBlock, MidBlock, UpBlock, UpChannels};
 use embeddings::TimestepEmbedding;

@@ -1,13 +1,12 @@
 //! `ResnetBlock2D` and the 2x down/upsamplers of the UNet.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use crate::ops::GroupNorm;
+use crate::ops::{Conv2d, GroupNorm};
 
 pub fn conv(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
-    candle_nn::conv2d(cin, cout, kernel, cfg, vb)
+    Conv2d::new(vb, cin, cout, kernel, stride, padding)
 }
 
 /// norm1 -> silu -> conv1 -> + time embedding -> norm2 -> silu -> conv2, plus the (1x1

@@ -1,10 +1,10 @@
 //! The UNet's spatial transformer (`Transformer2DModel`) and its `BasicTransformerBlock`:
 //! self-attention, cross-attention on the text embeddings, GEGLU feed-forward.
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, LayerNorm, Linear, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use crate::ops::{self, GroupNorm};
+use crate::ops::{self, Conv2d, GroupNorm};
 
 /// diffusers' `Attention` with separate q/k/v projections (no bias) and `to_out.0` (bias).
 #[derive(Debug)]
@@ -56,10 +56,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj_in.forward(x)?;
-        let half = h.dim(D::Minus1)? / 2;
-        let (value, gate) = (h.narrow(D::Minus1, 0, half)?, h.narrow(D::Minus1, half, half)?);
-        self.proj_out.forward(&(value * ops::gelu(&gate)?)?)
+        self.proj_out.forward(&ops::geglu(&self.proj_in.forward(x)?)?)
     }
 }
 

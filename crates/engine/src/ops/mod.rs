@@ -1,0 +1,213 @@
+//! Building blocks shared by the UNet, the VAE and the text encoders: convolution, group
+//! normalisation (optionally fused with SiLU), multi-head attention, GEGLU.
+//!
+//! Each has one entry point here. On the CPU in f32 they run the fused kernels of
+//! `cpu_kernels`; elsewhere (CUDA, f16/bf16) the same maths as plain candle ops.
+
+mod cpu_kernels;
+pub mod fast_math;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+fn fused_cpu(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+/// GroupNorm over `[N, C, ...]`, statistics in f32 or better whatever the input dtype.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    /// weight and bias stacked `[2, C]` in f32, for the fused CPU kernel.
+    packed: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            candle_core::bail!("group norm {}: {groups} groups do not divide {channels} channels", vb.prefix());
+        }
+        let (weight, bias) = (vb.get(channels, "weight")?, vb.get(channels, "bias")?);
+        let packed = Tensor::stack(&[&weight, &bias], 0)?.to_dtype(DType::F32)?;
+        Ok(Self { weight, bias, packed, groups, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm(x, false)
+    }
+
+    /// `silu(group_norm(x))`, the pair every resnet block starts with.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm(x, true)
+    }
+
+    fn norm(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if fused_cpu(x) {
+            let op = cpu_kernels::GroupNormOp { groups: self.groups, eps: self.eps, silu };
+            return x.contiguous()?.apply_op2_no_bwd(&self.packed.to_device(x.device())?, &op);
+        }
+        let dims = x.dims();
+        let (b, c) = (dims[0], dims[1]);
+        let per_group = x.elem_count() / (b * self.groups);
+        let dtype = x.dtype();
+        let xg = x.to_dtype(DType::F32)?.reshape((b, self.groups, per_group))?;
+        let mean = xg.mean_keepdim(2)?;
+        let centred = xg.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(2)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let mut shape = vec![1; dims.len()];
+        shape[1] = c;
+        let w = self.weight.to_dtype(DType::F32)?.reshape(shape.as_slice())?;
+        let bias = self.bias.to_dtype(DType::F32)?.reshape(shape.as_slice())?;
+        let y = normed.reshape(dims)?.broadcast_mul(&w)?.broadcast_add(&bias)?;
+        let y = if silu { y.silu()? } else { y };
+        y.to_dtype(dtype)
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        GroupNorm::forward(self, x)
+    }
+}
+
+/// 2-D convolution with bias over NCHW.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((cout, cin, kernel, kernel), "weight")?,
+            bias: vb.get(cout, "bias")?,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let k = self.weight.dim(3)?;
+        if fused_cpu(x) && self.stride == 1 && k % 2 == 1 && self.padding == k / 2 {
+            let op = cpu_kernels::SameConv { kernel: k };
+            return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &op);
+        }
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Conv2d::forward(self, x)
+    }
+}
+
+/// Query rows per step of the generic path, so that the score matrix of a long sequence
+/// (4096 x 4096 per head at 512 px) is never materialised whole.
+const QUERY_CHUNK: usize = 1024;
+
+/// Multi-head scaled dot-product attention: q `[B, Sq, H*D]`, k and v `[B, Sk, H*D]` ->
+/// `[B, Sq, H*D]`, softmax in f32.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, sq, c) = q.dims3()?;
+    let sk = k.dim(1)?;
+    let d = c / heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    if fused_cpu(q) {
+        let op = cpu_kernels::Attention { heads, scale: scale as f32 };
+        return q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op);
+    }
+    let split = |t: &Tensor, s: usize| t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (split(q, sq)?, split(k, sk)?, split(v, sk)?);
+    let kt = k.transpose(2, 3)?.contiguous()?;
+    let mut outs = Vec::with_capacity(sq.div_ceil(QUERY_CHUNK));
+    let mut start = 0;
+    while start < sq {
+        let len = QUERY_CHUNK.min(sq - start);
+        let scores = (q.narrow(2, start, len)?.matmul(&kt)? * scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        outs.push(probs.matmul(&v)?);
+        start += len;
+    }
+    Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((b, sq, c))
+}
+
+/// GEGLU's gate: `[.., 2n]` -> `[.., n]`, the first half times the exact GELU of the second.
+pub fn geglu(x: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        return x.contiguous()?.apply_op1_no_bwd(&cpu_kernels::Geglu);
+    }
+    let half = x.dim(D::Minus1)? / 2;
+    x.narrow(D::Minus1, 0, half)? * gelu(&x.narrow(D::Minus1, half, half)?)?
+}
+
+/// Exact (erf) GELU, as PyTorch's default `gelu` — not the tanh approximation.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Reshapes NCHW to `[N, H*W, C]` (tokens) and back.
+pub fn to_tokens(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
+}
+
+pub fn from_tokens(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, _, c) = x.dims3()?;
+    x.transpose(1, 2)?.reshape((b, c, h, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// The fused CPU kernels against the generic candle path (run in f64 as the reference).
+    #[test]
+    fn fused_kernels_match_generic_ops() {
+        let dev = Device::Cpu;
+        let w = crate::weights::RandomWeights::new();
+        let vb = w.var_builder(DType::F32, &dev);
+        let x = (Tensor::randn(0f32, 1.0, (2, 64, 9, 7), &dev).unwrap() + 3.0).unwrap();
+
+        let gn = GroupNorm::new(vb.pp("gn"), 8, 64, 1e-5).unwrap();
+        let gn64 = GroupNorm::new(w.var_builder(DType::F64, &dev).pp("gn"), 8, 64, 1e-5).unwrap();
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        for silu in [false, true] {
+            let (a, b) = (gn.norm(&x, silu).unwrap(), gn64.norm(&x64, silu).unwrap().to_dtype(DType::F32).unwrap());
+            assert!(max_abs(&a, &b) < 1e-5, "group norm silu={silu}: {}", max_abs(&a, &b));
+        }
+
+        for k in [1, 3] {
+            let conv = Conv2d::new(vb.pp(format!("conv{k}")), 64, 16, k, 1, k / 2).unwrap();
+            let fused = conv.forward(&x).unwrap();
+            let plain = x64.conv2d(&conv.weight.to_dtype(DType::F64).unwrap(), k / 2, 1, 1, 1).unwrap();
+            let plain = plain.broadcast_add(&conv.bias.to_dtype(DType::F64).unwrap().reshape((1, (), 1, 1)).unwrap());
+            let plain = plain.unwrap().to_dtype(DType::F32).unwrap();
+            assert!(max_abs(&fused, &plain) < 1e-4, "conv k={k}: {}", max_abs(&fused, &plain));
+        }
+
+        let q = Tensor::randn(0f32, 1.0, (2, 130, 64), &dev).unwrap();
+        let kv = Tensor::randn(0f32, 1.0, (2, 77, 64), &dev).unwrap();
+        let fused = attention(&q, &kv, &kv, 4).unwrap();
+        let (q64, kv64) = (q.to_dtype(DType::F64).unwrap(), kv.to_dtype(DType::F64).unwrap());
+        let plain = attention(&q64, &kv64, &kv64, 4).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(max_abs(&fused, &plain) < 1e-5, "attention: {}", max_abs(&fused, &plain));
+
+        let g = Tensor::randn(0f32, 2.0, (3, 5, 40), &dev).unwrap();
+        let fused = geglu(&g).unwrap();
+        let plain = geglu(&g.to_dtype(DType::F64).unwrap()).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(max_abs(&fused, &plain) < 1e-5, "geglu: {}", max_abs(&fused, &plain));
+    }
+}
