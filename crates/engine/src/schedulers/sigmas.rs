@@ -1,0 +1,75 @@
+//! The Euler schedulers' noise levels: sigma = sqrt((1 - alphas_cumprod) / alphas_cumprod),
+//! interpolated at the inference timesteps as diffusers does it (numpy `interp` in float64
+//! over the float32 training sigmas, then rounded to float32), and the Karras / exponential
+//! alternatives with their timesteps mapped back through the log-sigmas.
+
+use super::schedule::numpy_linspace;
+
+/// The training sigmas, one per training timestep, in float32 as torch computes them.
+pub(crate) fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
+    alphas_cumprod
+        .iter()
+        .map(|&a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// `numpy.interp(t, arange(len(sigmas)), sigmas)`: linear between neighbouring training
+/// timesteps, clamped to the ends, the exact value at whole timesteps.
+pub(crate) fn interp(t: f64, sigmas: &[f32]) -> f64 {
+    let last = sigmas.len() - 1;
+    if t.is_nan() {
+        return t;
+    }
+    if t <= 0.0 {
+        return sigmas[0] as f64;
+    }
+    if t >= last as f64 {
+        return sigmas[last] as f64;
+    }
+    let j = t.floor() as usize;
+    let (lo, hi) = (sigmas[j] as f64, sigmas[j + 1] as f64);
+    if t == j as f64 {
+        return lo;
+    }
+    // numpy's slope form: slope * (x - x_j) + y_j, with x_{j+1} - x_j = 1.
+    (hi - lo) * (t - j as f64) + lo
+}
+
+/// Karras et al. (2022) sigmas: evenly spaced in sigma^(1/7) from `max` down to `min`.
+pub(crate) fn karras(min: f64, max: f64, n: usize) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let (min_inv_rho, max_inv_rho) = (min.powf(1.0 / RHO), max.powf(1.0 / RHO));
+    numpy_linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (max_inv_rho + r * (min_inv_rho - max_inv_rho)).powf(RHO))
+        .collect()
+}
+
+/// Sigmas evenly spaced in log space from `max` down to `min`.
+pub(crate) fn exponential(min: f64, max: f64, n: usize) -> Vec<f64> {
+    numpy_linspace(max.ln(), min.ln(), n)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// diffusers' `_sigma_to_t`: the (fractional) training timestep whose sigma is `sigma`,
+/// interpolating linearly in log-sigma between the two training timesteps around it.
+/// `log_sigmas` are float32 (numpy keeps the training sigmas' dtype), and so is the gap
+/// between the two neighbours; the rest is float64.
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    if log_sigmas.len() < 2 {
+        return 0.0; // a single training timestep: nothing to interpolate
+    }
+    let log_sigma = sigma.max(1e-10).ln();
+    // The last training timestep whose log-sigma is <= log_sigma (0 if none), leaving room
+    // for a neighbour above it.
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l as f64 >= 0.0)
+        .unwrap_or(0)
+        .min(log_sigmas.len() - 2);
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[low_idx + 1]);
+    let w = ((low as f64 - log_sigma) / (low - high) as f64).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+}
