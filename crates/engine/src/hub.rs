@@ -1,1 +1,452 @@
-//! TODO: being written
+//! Model ids and the model directory.
+//!
+//! A model is named by a HuggingFace id (`ORG/NAME`) and lives in a model directory laid out
+//! as the HuggingFace hub cache — what `huggingface-cli download --cache-dir DIR` writes and
+//! what ai-runner mounts:
+//!
+//! ```text
+//! DIR/models--ORG--NAME/refs/main              the revision (a commit hash) "main" points at
+//! DIR/models--ORG--NAME/snapshots/REV/...      the repository's files, usually symlinks
+//! DIR/models--ORG--NAME/blobs/ETAG             ... into here
+//! ```
+//!
+//! Ids arrive from HTTP requests (`model_id`, LoRA repositories), so they are checked before
+//! they come near a path: an id that is not `ORG/NAME` in the hub's own alphabet never
+//! reaches the filesystem. A model missing from the directory is downloaded (with the hf-hub
+//! crate, into the same layout) when downloads are allowed; otherwise the error names the id,
+//! the directory and what was found there.
+
+mod download;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The longest organisation or name part the hub accepts.
+const MAX_PART_LEN: usize = 96;
+/// How much of a rejected id an error message quotes: ids come from requests, and an error
+/// should not echo megabytes back.
+const MAX_QUOTED_ID: usize = 200;
+
+/// Checks that `id` is a HuggingFace model id, `ORG/NAME`, before it is used as part of a
+/// path. Each part holds ASCII letters, digits, `-`, `_` and `.`, starts and ends with a
+/// letter, digit or `_`, and has at most 96 characters; `..` and `--` are refused (the hub
+/// refuses them too, and `--` is the separator of the model directory's folder names).
+pub fn validate_model_id(id: &str) -> Result<()> {
+    id_problem(id).map_or(Ok(()), |reason| {
+        Err(Error::InvalidModelId {
+            id: quoted_id(id),
+            reason,
+        })
+    })
+}
+
+/// What is wrong with `id`, in words a user understands; `None` for a valid id. The checks
+/// go from the most alarming (path tricks) to the most mundane, so that the reason names
+/// the real problem rather than a side effect of it.
+fn id_problem(id: &str) -> Option<String> {
+    const SHAPE: &str = "ids look like ORG/NAME, e.g. timbrooks/instruct-pix2pix";
+    if id.is_empty() {
+        return Some("it is empty".into());
+    }
+    if id.chars().any(char::is_control) {
+        return Some("it contains a control character".into());
+    }
+    if id.chars().any(char::is_whitespace) {
+        return Some("it contains whitespace".into());
+    }
+    if id.contains('\\') {
+        return Some(format!("it contains a backslash ({SHAPE})"));
+    }
+    if id.starts_with('/') {
+        return Some(format!("it is an absolute path ({SHAPE})"));
+    }
+    if id.contains("..") {
+        return Some("it contains '..'".into());
+    }
+    let Some((org, name)) = id.split_once('/') else {
+        return Some(format!("it has no '/' ({SHAPE})"));
+    };
+    if name.contains('/') {
+        return Some(format!("it has more than one '/' ({SHAPE})"));
+    }
+    part_problem("organisation", org).or_else(|| part_problem("name", name))
+}
+
+/// What is wrong with one part of an id (`what` names it in the message).
+fn part_problem(what: &str, part: &str) -> Option<String> {
+    if part.is_empty() {
+        return Some(format!("the {what} part is empty"));
+    }
+    if let Some(c) = part.chars().find(|c| !is_id_char(*c)) {
+        return Some(format!(
+            "it contains {c:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
+        ));
+    }
+    if part.contains("--") {
+        return Some("it contains '--', which the model directory uses as its separator".into());
+    }
+    let edge = |c: char| c == '-' || c == '.';
+    if part.starts_with(edge) || part.ends_with(edge) {
+        return Some(format!("the {what} part starts or ends with '-' or '.'"));
+    }
+    if part.len() > MAX_PART_LEN {
+        return Some(format!(
+            "the {what} part has {} characters; at most {MAX_PART_LEN} are allowed",
+            part.len()
+        ));
+    }
+    None
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// `id` as an error message may quote it: control characters escaped (no forged log lines),
+/// and cut short when it is long.
+fn quoted_id(id: &str) -> String {
+    let escaped: String = id.escape_debug().collect();
+    match escaped.char_indices().nth(MAX_QUOTED_ID) {
+        Some((cut, _)) => format!("{}...", &escaped[..cut]),
+        None => escaped,
+    }
+}
+
+/// Checks a file name inside a repository (`unet/config.json`, a LoRA weights file): a
+/// relative path of plain components, so that joining it to a snapshot cannot leave it.
+fn validate_file_name(id: &str, file: &str) -> Result<()> {
+    let problem = if file.is_empty() {
+        Some("it is empty")
+    } else if file.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else if file.contains('\\') {
+        Some("it contains a backslash (use '/' between folders)")
+    } else if file.starts_with('/') {
+        Some("it is an absolute path")
+    } else if file.split('/').any(|c| c == "..") {
+        Some("it contains '..'")
+    } else if file.split('/').any(|c| c.is_empty() || c == ".") {
+        Some("it has an empty or '.' folder")
+    } else {
+        None
+    };
+    problem.map_or(Ok(()), |reason| {
+        Err(Error::InvalidInput(format!(
+            "invalid file name '{}' in model '{}': {reason}",
+            quoted_id(file),
+            quoted_id(id)
+        )))
+    })
+}
+
+/// The folder of repository `id` in a hub cache: `models--ORG--NAME`. Only for validated
+/// ids, which hold exactly one '/' and no '--', so the mapping cannot collide.
+fn repo_folder_name(id: &str) -> String {
+    format!("models--{}", id.replace('/', "--"))
+}
+
+/// Where a repository stands in the model directory.
+enum Local {
+    /// Usable: the folder (a snapshot, or a file inside one).
+    Found(PathBuf),
+    /// Not usable as it is, and why (said to the user when nothing else helps).
+    Missing(String),
+}
+
+/// A model directory in the HuggingFace hub cache layout, and the policy for what is not
+/// in it yet: download it from the hub (the default) or fail with an error that names the
+/// id and the directory. Cheap to clone; holds no open files or connections.
+#[derive(Clone)]
+pub struct ModelStore {
+    dir: PathBuf,
+    downloads: bool,
+    endpoint: String,
+    token: Option<String>,
+    hub_timeout: Duration,
+}
+
+impl std::fmt::Debug for ModelStore {
+    // Written out so that the access token never lands in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelStore")
+            .field("dir", &self.dir)
+            .field("downloads", &self.downloads)
+            .field("endpoint", &self.endpoint)
+            .field("hub_timeout", &self.hub_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl ModelStore {
+    /// A store over `dir`. The environment gives the defaults the HuggingFace tools use:
+    /// downloads unless `HF_HUB_OFFLINE` is true, from `HF_ENDPOINT` (else huggingface.co),
+    /// authenticated with `HF_TOKEN` if set (private and gated repositories).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let env = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
+        Self {
+            dir: dir.into(),
+            downloads: !is_truthy(env("HF_HUB_OFFLINE").as_deref()),
+            endpoint: env("HF_ENDPOINT").unwrap_or_else(|| download::DEFAULT_ENDPOINT.into()),
+            token: env("HF_TOKEN"),
+            hub_timeout: download::DEFAULT_HUB_TIMEOUT,
+        }
+    }
+
+    /// Allows or forbids downloading what the directory lacks. Forbidden, nothing ever
+    /// touches the network.
+    pub fn with_downloads(mut self, allow: bool) -> Self {
+        self.downloads = allow;
+        self
+    }
+
+    /// The hub to download from (a mirror, or a local test server), e.g.
+    /// `https://huggingface.co`.
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = endpoint.into().trim_end_matches('/').to_string();
+        self
+    }
+
+    /// How long the hub may take to answer before a download is given up (10 s by
+    /// default). It bounds the first exchange with the hub, which every download starts
+    /// with; the transfers themselves are not limited, large weights take their time.
+    pub fn with_hub_timeout(mut self, timeout: Duration) -> Self {
+        self.hub_timeout = timeout;
+        self
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The snapshot folder of diffusers repository `id` (holding `model_index.json` and the
+    /// component folders, or for a repository that is not a pipeline, its files).
+    ///
+    /// A snapshot already in the directory is taken as it is, whatever `variant` asks; the
+    /// weight loader picks the variant among the files there. A missing one is downloaded
+    /// when allowed, limited to what a diffusers pipeline loads: `model_index.json` and, in
+    /// the component folders it names, the JSON and text files (configs, tokenizers) and
+    /// the safetensors weights — the `variant` (e.g. `fp16`) ones where a component has
+    /// them and a variant is asked for, the plain ones otherwise. Pickled (`.bin`, `.ckpt`),
+    /// ONNX and Flax files are never fetched.
+    pub fn resolve(&self, id: &str, variant: Option<&str>) -> Result<PathBuf> {
+        validate_model_id(id)?;
+        let why = match self.local_snapshot(id)? {
+            Local::Found(path) => return Ok(path),
+            Local::Missing(why) => why,
+        };
+        if !self.downloads {
+            return Err(self.not_found(id, &why, "downloads are disabled"));
+        }
+        self.hub(id, &why)?
+            .download_repo(id, variant)
+            .map_err(|failure| self.not_found(id, &why, &failure))
+    }
+
+    /// One file of repository `id` (e.g. ByteDance/SDXL-Lightning's
+    /// `sdxl_lightning_4step_unet.safetensors`, or a LoRA's weights), downloading just that
+    /// file when it is missing and downloads are allowed.
+    pub fn resolve_file(&self, id: &str, file: &str) -> Result<PathBuf> {
+        validate_model_id(id)?;
+        validate_file_name(id, file)?;
+        let why = match self.local_file(id, file)? {
+            Local::Found(path) => return Ok(path),
+            Local::Missing(why) => why,
+        };
+        if !self.downloads {
+            return Err(self.not_found(id, &why, "downloads are disabled"));
+        }
+        self.hub(id, &why)?
+            .download_file(id, file)
+            .map_err(|failure| self.not_found(id, &why, &failure))
+    }
+
+    /// The CLI's `--model ID_OR_DIR`: an existing folder is used as it is (a model saved
+    /// with `save_pretrained`, or a snapshot folder); anything else must be a model id.
+    pub fn resolve_id_or_dir(&self, s: &str, variant: Option<&str>) -> Result<PathBuf> {
+        let path = Path::new(s);
+        if path.is_dir() {
+            return Ok(path.to_path_buf());
+        }
+        self.resolve(s, variant).map_err(|e| match e {
+            Error::InvalidModelId { id, reason } => Error::InvalidModelId {
+                id,
+                reason: format!("there is no such folder, and {reason}"),
+            },
+            other => other,
+        })
+    }
+
+    /// The snapshot of `id` the directory holds: the one `refs/main` names, else the only
+    /// one there is. A ref naming a missing snapshot, or several snapshots and no ref to
+    /// choose, is reported rather than guessed around.
+    fn local_snapshot(&self, id: &str) -> Result<Local> {
+        let folder = repo_folder_name(id);
+        let repo = self.dir.join(&folder);
+        if !repo.is_dir() {
+            return Ok(Local::Missing(format!("there is no {folder} folder")));
+        }
+        let snapshots = repo.join("snapshots");
+        let ref_path = repo.join("refs").join("main");
+        match std::fs::read_to_string(&ref_path) {
+            Ok(text) => {
+                let rev = text.trim();
+                if rev.is_empty() || rev.contains(['/', '\\']) || rev == "." || rev == ".." {
+                    return Err(Error::Model(format!(
+                        "{} holds '{}', which is not a revision",
+                        ref_path.display(),
+                        quoted_id(rev)
+                    )));
+                }
+                let snapshot = snapshots.join(rev);
+                Ok(if snapshot.is_dir() {
+                    Local::Found(snapshot)
+                } else {
+                    Local::Missing(format!(
+                        "{folder}/refs/main names snapshot {rev}, which is not in {folder}/snapshots"
+                    ))
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                only_snapshot(&snapshots, &folder)
+            }
+            Err(e) => Err(Error::io(ref_path, e)),
+        }
+    }
+
+    /// `file` inside the local snapshot of `id`.
+    fn local_file(&self, id: &str, file: &str) -> Result<Local> {
+        let snapshot = match self.local_snapshot(id)? {
+            Local::Found(snapshot) => snapshot,
+            missing => return Ok(missing),
+        };
+        let path = snapshot.join(file);
+        Ok(if path.is_file() {
+            Local::Found(path)
+        } else if path.symlink_metadata().is_ok() {
+            Local::Missing(format!(
+                "{} links to a blob that is missing",
+                path.display()
+            ))
+        } else {
+            Local::Missing(format!("{} has no {file}", snapshot.display()))
+        })
+    }
+
+    /// A client for the configured hub, or the not-found error saying why there is none.
+    fn hub(&self, id: &str, why: &str) -> Result<download::Hub> {
+        download::Hub::new(
+            &self.dir,
+            &self.endpoint,
+            self.token.clone(),
+            self.hub_timeout,
+        )
+        .map_err(|failure| self.not_found(id, why, &failure))
+    }
+
+    /// The error for a model that is neither in the directory nor downloadable: what the
+    /// directory lacks (`why`) and why the hub did not help (`after`).
+    fn not_found(&self, id: &str, why: &str, after: &str) -> Error {
+        Error::ModelNotFound {
+            id: id.to_string(),
+            dir: self.dir.clone(),
+            hint: format!(": {why}; {after}"),
+        }
+    }
+}
+
+/// Without `refs/main`, the single snapshot in `snapshots` (folder named `folder` in messages).
+fn only_snapshot(snapshots: &Path, folder: &str) -> Result<Local> {
+    let entries = match std::fs::read_dir(snapshots) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Local::Missing(format!("{folder} has no snapshots folder")))
+        }
+        Err(e) => return Err(Error::io(snapshots, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(snapshots, e))?;
+        if entry.path().is_dir() {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(match found.as_slice() {
+        [only] => Local::Found(only.clone()),
+        [] => Local::Missing(format!("{folder}/snapshots is empty")),
+        several => Local::Missing(format!(
+            "{folder} has {} snapshots and no refs/main to choose between them",
+            several.len()
+        )),
+    })
+}
+
+/// The HuggingFace tools' reading of a boolean environment variable (`1`, `true`, `yes`,
+/// `on`, any case).
+fn is_truthy(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// Hub caches name snapshots by commit hash; a linked folder has no commit, so the null
+/// hash stands in for one.
+const LINKED_REVISION: &str = "0000000000000000000000000000000000000000";
+
+/// Lays out `model_folder` (a plain diffusers folder) inside `cache_dir` as repository `id`
+/// of a hub cache: `refs/main` naming a snapshot whose files are symlinks to the folder's
+/// files (copies where symlinks are unavailable). Lets tests and tools resolve local
+/// folders by id, e.g. the parity fixtures as `timbrooks/instruct-pix2pix`. Running it
+/// again refreshes the links.
+pub fn link_as_hub_cache(model_folder: &Path, cache_dir: &Path, id: &str) -> Result<()> {
+    validate_model_id(id)?;
+    let source = model_folder
+        .canonicalize()
+        .map_err(|e| Error::io(model_folder, e))?;
+    let repo = cache_dir.join(repo_folder_name(id));
+    let snapshot = repo.join("snapshots").join(LINKED_REVISION);
+    link_tree(&source, &snapshot)?;
+    let refs = repo.join("refs");
+    std::fs::create_dir_all(&refs).map_err(|e| Error::io(&refs, e))?;
+    let main = refs.join("main");
+    std::fs::write(&main, LINKED_REVISION).map_err(|e| Error::io(&main, e))
+}
+
+/// Mirrors the files under `from` into `to` as links, creating folders as needed.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            link_tree(&src, &dst)?;
+        } else {
+            link_file(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn link_file(src: &Path, dst: &Path) -> Result<()> {
+    if dst.symlink_metadata().is_ok() {
+        std::fs::remove_file(dst).map_err(|e| Error::io(dst, e))?;
+    }
+    #[cfg(unix)]
+    let linked = std::os::unix::fs::symlink(src, dst);
+    #[cfg(not(unix))]
+    let linked = std::fs::copy(src, dst).map(|_| ());
+    linked.map_err(|e| Error::io(dst, e))
+}
