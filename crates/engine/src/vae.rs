@@ -11,17 +11,29 @@
 //! Scaling by `scaling_factor` / `shift_factor` / `latents_mean` is the pipelines' business, as
 //! in diffusers: `encode` returns the raw posterior and `decode` takes unscaled latents.
 
+mod conv;
 mod norm;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{read_json, Error, Result};
 use crate::weights::{load_component, var_builder};
+use conv::{Conv2d, Geometry};
 use norm::GroupNorm;
+
+/// The encoder's stride-2 downsampling conv. It has no padding of its own: diffusers pads one
+/// zero row at the bottom and one column at the right only, so the windows stay aligned to the
+/// top-left corner (symmetric padding would shift every latent by half a pixel).
+const DOWNSAMPLE: Geometry = Geometry {
+    kernel: 3,
+    stride: 2,
+    pad_before: 0,
+    pad_after: 1,
+};
 
 /// diffusers builds every VAE resnet and attention norm with this epsilon.
 const NORM_EPS: f64 = 1e-6;
@@ -87,7 +99,9 @@ impl VaeConfig {
     /// Reads and checks a `vae/config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = read_json(path)?;
-        config.validate().map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        config
+            .validate()
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         Ok(config)
     }
 
@@ -99,23 +113,44 @@ impl VaeConfig {
             return Err("block_out_channels is empty".into());
         }
         for (key, types, expected) in [
-            ("down_block_types", &self.down_block_types, "DownEncoderBlock2D"),
+            (
+                "down_block_types",
+                &self.down_block_types,
+                "DownEncoderBlock2D",
+            ),
             ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
         ] {
             if types.len() != blocks {
-                return Err(format!("{key} has {} entries, block_out_channels {blocks}", types.len()));
+                return Err(format!(
+                    "{key} has {} entries, block_out_channels {blocks}",
+                    types.len()
+                ));
             }
             // diffusers strips a "UNetRes" prefix before dispatching on the block name.
-            if let Some(bad) = types.iter().find(|t| t.strip_prefix("UNetRes").unwrap_or(t) != expected) {
-                return Err(format!("unsupported VAE block type '{bad}' in {key} (supported: {expected})"));
+            if let Some(bad) = types
+                .iter()
+                .find(|t| t.strip_prefix("UNetRes").unwrap_or(t) != expected)
+            {
+                return Err(format!(
+                    "unsupported VAE block type '{bad}' in {key} (supported: {expected})"
+                ));
             }
         }
         if !matches!(self.act_fn.as_str(), "silu" | "swish") {
-            return Err(format!("unsupported VAE act_fn '{}' (supported: silu)", self.act_fn));
+            return Err(format!(
+                "unsupported VAE act_fn '{}' (supported: silu)",
+                self.act_fn
+            ));
         }
         let groups = self.norm_num_groups;
-        if let Some(c) = self.block_out_channels.iter().find(|&&c| groups == 0 || c % groups != 0) {
-            return Err(format!("norm_num_groups {groups} does not divide block channel count {c}"));
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|&&c| groups == 0 || c % groups != 0)
+        {
+            return Err(format!(
+                "norm_num_groups {groups} does not divide block channel count {c}"
+            ));
         }
         Ok(())
     }
@@ -160,19 +195,20 @@ impl DiagonalGaussian {
                 self.mean.dims()
             )));
         }
-        let noise = noise.to_device(self.mean.device())?.to_dtype(self.mean.dtype())?;
+        let noise = noise
+            .to_device(self.mean.device())?
+            .to_dtype(self.mean.dtype())?;
         let std = (&self.logvar * 0.5)?.exp()?;
         Ok((&self.mean + std.mul(&noise)?)?)
     }
 }
 
-fn conv(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize, padding: usize, stride: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
-    Ok(candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)?)
+fn conv3x3(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Conv2d> {
+    Conv2d::new(vb, c_in, c_out, Geometry::same(3))
 }
 
-fn conv3x3(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Conv2d> {
-    conv(vb, c_in, c_out, 3, 1, 1)
+fn conv1x1(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Conv2d> {
+    Conv2d::new(vb, c_in, c_out, Geometry::same(1))
 }
 
 /// diffusers' `ResnetBlock2D` without time embedding: two norm-SiLU-conv stages plus a skip
@@ -189,7 +225,7 @@ struct ResnetBlock {
 impl ResnetBlock {
     fn new(vb: VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<Self> {
         let shortcut = match c_in != c_out {
-            true => Some(conv(vb.pp("conv_shortcut"), c_in, c_out, 1, 0, 1)?),
+            true => Some(conv1x1(vb.pp("conv_shortcut"), c_in, c_out)?),
             false => None,
         };
         Ok(Self {
@@ -232,10 +268,12 @@ struct MidAttention {
     channels: usize,
 }
 
-/// Attention weight names: diffusers' current ones, and those of checkpoints saved before
-/// diffusers 0.14 (which it renames on load).
-const ATTENTION_NAMES: [[&str; 4]; 2] =
-    [["to_q", "to_k", "to_v", "to_out.0"], ["query", "key", "value", "proj_attn"]];
+/// Attention weight names: diffusers' current ones, and those of checkpoints saved by older
+/// diffusers versions (which diffusers renames on load).
+const ATTENTION_NAMES: [[&str; 4]; 2] = [
+    ["to_q", "to_k", "to_v", "to_out.0"],
+    ["query", "key", "value", "proj_attn"],
+];
 
 impl MidAttention {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
@@ -243,7 +281,10 @@ impl MidAttention {
         let [q, k, v, out] = ATTENTION_NAMES[usize::from(legacy)];
         let linear = |name: &str| -> Result<(Tensor, Tensor)> {
             let vb = vb.pp(name);
-            Ok((vb.get((channels, channels), "weight")?, vb.get(channels, "bias")?))
+            Ok((
+                vb.get((channels, channels), "weight")?,
+                vb.get(channels, "bias")?,
+            ))
         };
         let scale = 1.0 / (channels as f64).sqrt();
         let (wq, bq) = linear(q)?;
@@ -264,29 +305,37 @@ impl MidAttention {
         self.forward_with_budget(x, ATTENTION_CHUNK_ELEMENTS)
     }
 
-    /// The attention with at most `chunk_elements` scores in memory at once.
+    /// The attention with at most about `chunk_elements` scores (whole batch) in memory at once.
     fn forward_with_budget(&self, x: &Tensor, chunk_elements: usize) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let n = h * w;
         let normed = self.norm.forward(x)?.reshape((b, c, n))?;
-        let qkv = self.qkv_weight.broadcast_left(b)?.matmul(&normed)?.broadcast_add(&self.qkv_bias)?;
+        let qkv = self
+            .qkv_weight
+            .broadcast_left(b)?
+            .matmul(&normed)?
+            .broadcast_add(&self.qkv_bias)?;
         let q = qkv.narrow(1, 0, c)?;
         let k = qkv.narrow(1, c, c)?.contiguous()?;
         let v = qkv.narrow(1, 2 * c, c)?.contiguous()?;
-        let rows = (chunk_elements / n).clamp(1, n);
+        let rows = (chunk_elements / (b * n)).clamp(1, n);
         let chunks = (0..n)
             .step_by(rows)
             .map(|start| self.attend(&q.narrow(2, start, rows.min(n - start))?, &k, &v))
             .collect::<Result<Vec<_>>>()?;
         let attended = Tensor::cat(&chunks, 2)?;
-        let out = self.out_weight.broadcast_left(b)?.matmul(&attended)?.broadcast_add(&self.out_bias)?;
+        let out = self
+            .out_weight
+            .broadcast_left(b)?
+            .matmul(&attended)?
+            .broadcast_add(&self.out_bias)?;
         Ok((out.reshape((b, self.channels, h, w))? + x)?)
     }
 
     /// Attention output (B, C, rows) for the query columns `q` (B, C, rows, pre-scaled).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let scores = q.t()?.matmul(k)?; // (B, rows, N)
-        // Half-precision scores are softmaxed in f32, as diffusers' upcast_softmax asks.
+                                        // Half-precision scores are softmaxed in f32, as diffusers' upcast_softmax asks.
         let probs = match scores.dtype() {
             DType::F32 | DType::F64 => candle_nn::ops::softmax_last_dim(&scores)?,
             dt => candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dt)?,
@@ -325,7 +374,13 @@ impl MidBlock {
     }
 }
 
-fn resnets(vb: VarBuilder, count: usize, c_in: usize, c_out: usize, groups: usize) -> Result<Vec<ResnetBlock>> {
+fn resnets(
+    vb: VarBuilder,
+    count: usize,
+    c_in: usize,
+    c_out: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock>> {
     let vb = vb.pp("resnets");
     (0..count)
         .map(|i| ResnetBlock::new(vb.pp(i), if i == 0 { c_in } else { c_out }, c_out, groups))
@@ -346,10 +401,7 @@ impl DownBlock {
             h = r.forward(&h)?;
         }
         match &self.downsample {
-            // The encoder's downsample conv has no padding of its own: diffusers pads one zero
-            // row at the bottom and one column at the right only, so even sizes halve exactly
-            // with the windows aligned to the top-left corner.
-            Some(conv) => Ok(conv.forward(&h.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?)?),
+            Some(conv) => conv.forward(&h),
             None => Ok(h),
         }
     }
@@ -371,7 +423,7 @@ impl UpBlock {
         match &self.upsample {
             Some(conv) => {
                 let (_, _, height, width) = h.dims4()?;
-                Ok(conv.forward(&h.upsample_nearest2d(2 * height, 2 * width)?)?)
+                conv.forward(&h.upsample_nearest2d(2 * height, 2 * width)?)
             }
             None => Ok(h),
         }
@@ -391,7 +443,9 @@ impl Encoder {
     fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let ch = &cfg.block_out_channels;
         let groups = cfg.norm_num_groups;
-        let last = *ch.last().expect("validated: block_out_channels is not empty");
+        let last = *ch
+            .last()
+            .expect("validated: block_out_channels is not empty");
         let down = ch
             .iter()
             .enumerate()
@@ -399,16 +453,29 @@ impl Encoder {
                 let vb = vb.pp("down_blocks").pp(i);
                 let c_in = ch[i.saturating_sub(1)];
                 let downsample = match i + 1 < ch.len() {
-                    true => Some(conv(vb.pp("downsamplers.0.conv"), c_out, c_out, 3, 0, 2)?),
+                    true => Some(Conv2d::new(
+                        vb.pp("downsamplers.0.conv"),
+                        c_out,
+                        c_out,
+                        DOWNSAMPLE,
+                    )?),
                     false => None,
                 };
-                Ok(DownBlock { resnets: resnets(vb, cfg.layers_per_block, c_in, c_out, groups)?, downsample })
+                Ok(DownBlock {
+                    resnets: resnets(vb, cfg.layers_per_block, c_in, c_out, groups)?,
+                    downsample,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in: conv3x3(vb.pp("conv_in"), cfg.in_channels, ch[0])?,
             down,
-            mid: MidBlock::new(vb.pp("mid_block"), last, groups, cfg.mid_block_add_attention)?,
+            mid: MidBlock::new(
+                vb.pp("mid_block"),
+                last,
+                groups,
+                cfg.mid_block_add_attention,
+            )?,
             norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, last, NORM_EPS)?,
             conv_out: conv3x3(vb.pp("conv_out"), last, 2 * cfg.latent_channels)?,
         })
@@ -420,7 +487,7 @@ impl Encoder {
             h = block.forward(&h)?;
         }
         let h = self.mid.forward(&h)?;
-        Ok(self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -455,7 +522,12 @@ impl Decoder {
         let (deepest, first) = (reversed[0], cfg.block_out_channels[0]);
         Ok(Self {
             conv_in: conv3x3(vb.pp("conv_in"), cfg.latent_channels, deepest)?,
-            mid: MidBlock::new(vb.pp("mid_block"), deepest, groups, cfg.mid_block_add_attention)?,
+            mid: MidBlock::new(
+                vb.pp("mid_block"),
+                deepest,
+                groups,
+                cfg.mid_block_add_attention,
+            )?,
             up,
             norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, first, NORM_EPS)?,
             conv_out: conv3x3(vb.pp("conv_out"), first, cfg.out_channels)?,
@@ -468,7 +540,7 @@ impl Decoder {
         for block in &self.up {
             h = block.forward(&h)?;
         }
-        Ok(self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -490,11 +562,11 @@ impl AutoencoderKl {
         let moments = 2 * config.latent_channels;
         let latent = config.latent_channels;
         let quant_conv = match config.use_quant_conv {
-            true => Some(conv(vb.pp("quant_conv"), moments, moments, 1, 0, 1)?),
+            true => Some(conv1x1(vb.pp("quant_conv"), moments, moments)?),
             false => None,
         };
         let post_quant_conv = match config.use_post_quant_conv {
-            true => Some(conv(vb.pp("post_quant_conv"), latent, latent, 1, 0, 1)?),
+            true => Some(conv1x1(vb.pp("post_quant_conv"), latent, latent)?),
             false => None,
         };
         Ok(Self {
