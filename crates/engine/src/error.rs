@@ -13,12 +13,19 @@ pub enum Error {
     InvalidModelId { id: String, reason: String },
     /// The model is not in the model directory and could not be downloaded.
     #[error("model '{id}' not found in {}{}", dir.display(), hint)]
-    ModelNotFound { id: String, dir: PathBuf, hint: String },
+    ModelNotFound {
+        id: String,
+        dir: PathBuf,
+        hint: String,
+    },
     /// A model folder that exists but cannot be used (missing file, bad config, wrong tensor).
     #[error("{0}")]
     Model(String),
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
@@ -27,7 +34,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -21,18 +21,20 @@ pub type TensorMap = HashMap<String, Tensor>;
 /// files are the fallback; without one it is the other way round, since some repositories
 /// ship only the variant.
 pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec<PathBuf>> {
-    let mut names = vec![stem.to_string()];
-    let other = variant.map(|v| format!("{stem}.{v}"));
-    match &other {
-        Some(v) => names.insert(0, v.clone()),
-        None => names.push(format!("{stem}.fp16")),
-    }
-    for name in &names {
-        let single = dir.join(format!("{name}.safetensors"));
+    // (single file, shard index) per candidate; diffusers names a variant's shard index
+    // `{stem}.safetensors.index.{variant}.json`.
+    let plain = (format!("{stem}.safetensors"), format!("{stem}.safetensors.index.json"));
+    let of_variant = |v: &str| (format!("{stem}.{v}.safetensors"), format!("{stem}.safetensors.index.{v}.json"));
+    let candidates = match variant {
+        Some(v) => vec![of_variant(v), plain],
+        None => vec![plain, of_variant("fp16")],
+    };
+    for (single, index) in &candidates {
+        let single = dir.join(single);
         if single.is_file() {
             return Ok(vec![single]);
         }
-        let index = dir.join(format!("{name}.safetensors.index.json"));
+        let index = dir.join(index);
         if index.is_file() {
             return shard_files(&index);
         }
@@ -56,11 +58,17 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         if f.contains('/') || f.contains('\\') || f.contains("..") {
-            return Err(Error::Model(format!("{}: shard name '{f}' is not a plain file name", index.display())));
+            return Err(Error::Model(format!(
+                "{}: shard name '{f}' is not a plain file name",
+                index.display()
+            )));
         }
         let p = dir.join(f);
         if !p.is_file() {
-            return Err(Error::Model(format!("{}: shard {f} is missing", index.display())));
+            return Err(Error::Model(format!(
+                "{}: shard {f} is missing",
+                index.display()
+            )));
         }
         out.push(p);
     }
@@ -79,7 +87,12 @@ pub fn load_files(files: &[PathBuf], device: &Device) -> Result<TensorMap> {
 }
 
 /// Loads the weights `stem` of a component folder.
-pub fn load_component(dir: &Path, stem: &str, variant: Option<&str>, device: &Device) -> Result<TensorMap> {
+pub fn load_component(
+    dir: &Path,
+    stem: &str,
+    variant: Option<&str>,
+    device: &Device,
+) -> Result<TensorMap> {
     load_files(&component_files(dir, stem, variant)?, device)
 }
 
@@ -140,7 +153,12 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
         Ok(t)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("random weights need a shape for {name}")
     }
 
@@ -192,21 +210,49 @@ mod tests {
     }
 
     #[test]
+    fn variant_shard_index_uses_diffusers_naming() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "m.fp16-00001-of-00001.safetensors", &[("a", 3.0)]);
+        std::fs::write(
+            d.path().join("m.safetensors.index.fp16.json"),
+            r#"{"weight_map":{"a":"m.fp16-00001-of-00001.safetensors"}}"#,
+        )
+        .unwrap();
+        let f = component_files(d.path(), "m", Some("fp16")).unwrap();
+        assert!(f[0].ends_with("m.fp16-00001-of-00001.safetensors"));
+    }
+
+    #[test]
     fn missing_shard_and_missing_weights_are_named() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("m.safetensors.index.json"), r#"{"weight_map":{"a":"gone.safetensors"}}"#).unwrap();
-        let e = component_files(d.path(), "m", None).unwrap_err().to_string();
+        std::fs::write(
+            d.path().join("m.safetensors.index.json"),
+            r#"{"weight_map":{"a":"gone.safetensors"}}"#,
+        )
+        .unwrap();
+        let e = component_files(d.path(), "m", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gone.safetensors"), "{e}");
-        let e = component_files(d.path(), "other", None).unwrap_err().to_string();
+        let e = component_files(d.path(), "other", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("other.safetensors"), "{e}");
     }
 
     #[test]
     fn missing_and_mismatched_tensors_name_the_tensor() {
         let mut map = TensorMap::new();
-        map.insert("block.weight".into(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
+        map.insert(
+            "block.weight".into(),
+            Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
         let vb = var_builder(map, DType::F32, &Device::Cpu);
-        let e = vb.pp("block").get((3, 3), "weight").unwrap_err().to_string();
+        let e = vb
+            .pp("block")
+            .get((3, 3), "weight")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("block.weight"), "{e}");
         let e = vb.pp("block").get((2, 3), "bias").unwrap_err().to_string();
         assert!(e.contains("block.bias"), "{e}");

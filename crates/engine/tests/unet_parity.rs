@@ -12,20 +12,35 @@ fn fixtures() -> PathBuf {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn check(name: &str, dir: PathBuf) {
     let dev = Device::Cpu;
-    let refs = candle_core::safetensors::load(fixtures().join("unet/reference.safetensors"), &dev).unwrap();
+    let refs = candle_core::safetensors::load(fixtures().join("unet/reference.safetensors"), &dev)
+        .unwrap();
     let unet = UNet2DConditionModel::load(&dir, None, DType::F32, &dev).unwrap();
     for size in ["8x8", "10x8"] {
         let key = |k: &str| refs[&format!("{name}/{size}/{k}")].clone();
         let t: Vec<f64> = key("timestep").to_vec1().unwrap();
         let added = refs
             .contains_key(&format!("{name}/{size}/text_embeds"))
-            .then(|| AddedConditioning { text_embeds: key("text_embeds"), time_ids: key("time_ids") });
-        let out = unet.forward(&key("sample"), t[0], &key("context"), added.as_ref()).unwrap();
+            .then(|| AddedConditioning {
+                text_embeds: key("text_embeds"),
+                time_ids: key("time_ids"),
+            });
+        let out = unet
+            .forward(&key("sample"), t[0], &key("context"), added.as_ref())
+            .unwrap();
         let err = max_abs(&out, &key("out"));
         eprintln!("{name} {size}: {err}");
         assert!(err < 1e-4, "{name} {size}: max abs error {err}");
@@ -34,22 +49,34 @@ fn check(name: &str, dir: PathBuf) {
 
 #[test]
 fn pix2pix_unet_matches_diffusers() {
-    check("tiny-instruct-pix2pix", fixtures().join("diffusers-parity/models/tiny-instruct-pix2pix/unet"));
+    check(
+        "tiny-instruct-pix2pix",
+        fixtures().join("diffusers-parity/models/tiny-instruct-pix2pix/unet"),
+    );
 }
 
 #[test]
 fn sd_unet_matches_diffusers() {
-    check("tiny-sd-img2img", fixtures().join("diffusers-parity/models/tiny-sd-img2img/unet"));
+    check(
+        "tiny-sd-img2img",
+        fixtures().join("diffusers-parity/models/tiny-sd-img2img/unet"),
+    );
 }
 
 #[test]
 fn sdxl_unet_with_text_time_matches_diffusers() {
-    check("tiny-sdxl", fixtures().join("diffusers-parity/models/tiny-sdxl/unet"));
+    check(
+        "tiny-sdxl",
+        fixtures().join("diffusers-parity/models/tiny-sdxl/unet"),
+    );
 }
 
 #[test]
 fn per_block_heads_and_linear_projection_match_diffusers() {
-    check("linear-two-layers", fixtures().join("unet/models/linear-two-layers"));
+    check(
+        "linear-two-layers",
+        fixtures().join("unet/models/linear-two-layers"),
+    );
 }
 
 #[test]
@@ -61,9 +88,18 @@ fn per_block_transformer_layers_match_diffusers() {
 fn missing_tensor_is_named() {
     let dir = fixtures().join("diffusers-parity/models/tiny-instruct-pix2pix/unet");
     let cfg = tessera_engine::unet::UNetConfig::from_file(&dir.join("config.json")).unwrap();
-    let mut map = tessera_engine::weights::load_component(&dir, "diffusion_pytorch_model", None, &Device::Cpu).unwrap();
+    let mut map = tessera_engine::weights::load_component(
+        &dir,
+        "diffusion_pytorch_model",
+        None,
+        &Device::Cpu,
+    )
+    .unwrap();
     map.remove("mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight");
     let vb = tessera_engine::weights::var_builder(map, DType::F32, &Device::Cpu);
     let err = UNet2DConditionModel::new(vb, cfg).unwrap_err().to_string();
-    assert!(err.contains("mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"), "{err}");
+    assert!(
+        err.contains("mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"),
+        "{err}"
+    );
 }

@@ -68,7 +68,11 @@ impl CustomOp3 for Attention {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_slice(q, ql, "attention q")?, f32_slice(k, kl, "attention k")?, f32_slice(v, vl, "attention v")?);
+        let (q, k, v) = (
+            f32_slice(q, ql, "attention q")?,
+            f32_slice(k, kl, "attention k")?,
+            f32_slice(v, vl, "attention v")?,
+        );
         let (b, sq, c) = ql.shape().dims3()?;
         let sk = kl.shape().dims3()?.1;
         let (h, d) = (self.heads, c / self.heads);
@@ -92,20 +96,48 @@ impl CustomOp3 for Attention {
                 unsafe {
                     let (c, sk_i) = (c as isize, sk as isize);
                     gemm::gemm(
-                        rows, sk, d,
-                        scores.as_mut_ptr(), 1, sk_i, false,
-                        q_at.as_ptr(), 1, c,
-                        k_at.as_ptr(), c, 1,
-                        0.0, self.scale, false, false, false, gemm::Parallelism::None,
+                        rows,
+                        sk,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        sk_i,
+                        false,
+                        q_at.as_ptr(),
+                        1,
+                        c,
+                        k_at.as_ptr(),
+                        c,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                     let sums = softmax_rows_unnormalised(&mut scores[..rows * sk], sk);
                     let out_at = dst.at(bi * sq * c as usize + q0 * c as usize + hi * d);
                     gemm::gemm(
-                        rows, d, sk,
-                        out_at, 1, c, false,
-                        scores.as_ptr(), 1, sk_i,
-                        v_at.as_ptr(), 1, c,
-                        0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        rows,
+                        d,
+                        sk,
+                        out_at,
+                        1,
+                        c,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        sk_i,
+                        v_at.as_ptr(),
+                        1,
+                        c,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                     for (r, sum) in sums.iter().enumerate() {
                         let row = std::slice::from_raw_parts_mut(out_at.add(r * c as usize), d);
@@ -156,13 +188,20 @@ impl CustomOp3 for SameConv {
         bias: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32_slice(x, xl, "conv input")?, f32_slice(w, wl, "conv weight")?);
+        let (x, w) = (
+            f32_slice(x, xl, "conv input")?,
+            f32_slice(w, wl, "conv weight")?,
+        );
         let bias = f32_slice(bias, bl, "conv bias")?;
         let (b, cin, hh, ww) = xl.shape().dims4()?;
         let (cout, wcin, kh, kw) = wl.shape().dims4()?;
         let k = self.kernel;
         if wcin != cin || kh != k || kw != k {
-            candle_core::bail!("same-conv: weight {:?} does not fit input {:?}", wl.shape(), xl.shape());
+            candle_core::bail!(
+                "same-conv: weight {:?} does not fit input {:?}",
+                wl.shape(),
+                xl.shape()
+            );
         }
         let pad = k / 2;
         let (hp, wp) = (hh + 2 * pad, ww + 2 * pad);
@@ -173,12 +212,15 @@ impl CustomOp3 for SameConv {
         let mut wide = vec![0f32; cout * hh * wp];
         for bi in 0..b {
             let xb = &x[bi * cin * hh * ww..(bi + 1) * cin * hh * ww];
-            padded.par_chunks_mut(plane).zip(xb.par_chunks(hh * ww)).for_each(|(p, src)| {
-                for (y, row) in src.chunks_exact(ww).enumerate() {
-                    let at = (y + pad) * wp + pad;
-                    p[at..at + ww].copy_from_slice(row);
-                }
-            });
+            padded
+                .par_chunks_mut(plane)
+                .zip(xb.par_chunks(hh * ww))
+                .for_each(|(p, src)| {
+                    for (y, row) in src.chunks_exact(ww).enumerate() {
+                        let at = (y + pad) * wp + pad;
+                        p[at..at + ww].copy_from_slice(row);
+                    }
+                });
             for i in 0..k {
                 for j in 0..k {
                     // SAFETY: lhs walks w[co][ci][i][j] (strides cin*k*k, k*k); rhs walks
@@ -186,21 +228,40 @@ impl CustomOp3 for SameConv {
                     // cout x hh*wp.
                     unsafe {
                         gemm::gemm(
-                            cout, hh * wp, cin,
-                            wide.as_mut_ptr(), 1, (hh * wp) as isize, i + j > 0,
-                            w.as_ptr().add(i * k + j), (k * k) as isize, (cin * k * k) as isize,
-                            padded.as_ptr().add(i * wp + j), 1, plane as isize,
-                            1.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0),
+                            cout,
+                            hh * wp,
+                            cin,
+                            wide.as_mut_ptr(),
+                            1,
+                            (hh * wp) as isize,
+                            i + j > 0,
+                            w.as_ptr().add(i * k + j),
+                            (k * k) as isize,
+                            (cin * k * k) as isize,
+                            padded.as_ptr().add(i * wp + j),
+                            1,
+                            plane as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::Rayon(0),
                         );
                     }
                 }
             }
             let ob = &mut out[bi * cout * hh * ww..(bi + 1) * cout * hh * ww];
-            ob.par_chunks_mut(hh * ww).zip(wide.par_chunks(hh * wp)).zip(bias.par_iter()).for_each(|((o, src), &bv)| {
-                for (y, row) in o.chunks_exact_mut(ww).enumerate() {
-                    row.iter_mut().zip(&src[y * wp..y * wp + ww]).for_each(|(o, &s)| *o = s + bv);
-                }
-            });
+            ob.par_chunks_mut(hh * ww)
+                .zip(wide.par_chunks(hh * wp))
+                .zip(bias.par_iter())
+                .for_each(|((o, src), &bv)| {
+                    for (y, row) in o.chunks_exact_mut(ww).enumerate() {
+                        row.iter_mut()
+                            .zip(&src[y * wp..y * wp + ww])
+                            .for_each(|(o, &s)| *o = s + bv);
+                    }
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, cout, hh, ww))))
     }
@@ -219,8 +280,17 @@ impl CustomOp2 for GroupNormOp {
         "tessera-group-norm"
     }
 
-    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, p: &CpuStorage, pl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, p) = (f32_slice(x, xl, "group norm input")?, f32_slice(p, pl, "group norm params")?);
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        p: &CpuStorage,
+        pl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, p) = (
+            f32_slice(x, xl, "group norm input")?,
+            f32_slice(p, pl, "group norm params")?,
+        );
         let dims = xl.shape().dims();
         let c = dims[1];
         let spatial: usize = dims[2..].iter().product();
@@ -228,32 +298,62 @@ impl CustomOp2 for GroupNormOp {
         let (weight, bias) = p.split_at(c);
         let mut out = vec![0f32; x.len()];
         let group_len = cpg * spatial;
-        out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(i, (o, src))| {
-            let g = i % self.groups;
-            let chans = g * cpg..(g + 1) * cpg;
-            normalise_group(src, o, &weight[chans.clone()], &bias[chans], self.eps, self.silu);
-        });
+        out.par_chunks_mut(group_len)
+            .zip(x.par_chunks(group_len))
+            .enumerate()
+            .for_each(|(i, (o, src))| {
+                let g = i % self.groups;
+                let chans = g * cpg..(g + 1) * cpg;
+                normalise_group(
+                    src,
+                    o,
+                    &weight[chans.clone()],
+                    &bias[chans],
+                    self.eps,
+                    self.silu,
+                );
+            });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 }
 
 /// One group of a group norm: `src` holds its channels one after another.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
-fn normalise_group(src: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f64, silu: bool) {
+fn normalise_group(
+    src: &[f32],
+    out: &mut [f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f64,
+    silu: bool,
+) {
     // Two passes (mean, then squared deviations): no cancellation when the mean is large
     // against the spread. Partial sums in f32 chunks, totals in f64.
     let n = src.len() as f64;
-    let mean = src.chunks(1024).map(|c| fast_math::sum_map(c, |v| v) as f64).sum::<f64>() / n;
+    let mean = src
+        .chunks(1024)
+        .map(|c| fast_math::sum_map(c, |v| v) as f64)
+        .sum::<f64>()
+        / n;
     let m = mean as f32;
-    let var = src.chunks(1024).map(|c| fast_math::sum_map(c, |v| (v - m) * (v - m)) as f64).sum::<f64>() / n;
+    let var = src
+        .chunks(1024)
+        .map(|c| fast_math::sum_map(c, |v| (v - m) * (v - m)) as f64)
+        .sum::<f64>()
+        / n;
     let inv = 1.0 / (var + eps).sqrt();
     let spatial = src.len() / weight.len();
     for (ci, (&w, &b)) in weight.iter().zip(bias).enumerate() {
         let a = (w as f64 * inv) as f32;
         let shift = (b as f64 - mean * inv * w as f64) as f32;
-        let (o, s) = (&mut out[ci * spatial..(ci + 1) * spatial], &src[ci * spatial..(ci + 1) * spatial]);
+        let (o, s) = (
+            &mut out[ci * spatial..(ci + 1) * spatial],
+            &src[ci * spatial..(ci + 1) * spatial],
+        );
         if silu {
-            o.iter_mut().zip(s).for_each(|(o, &v)| *o = fast_math::silu(v * a + shift));
+            o.iter_mut()
+                .zip(s)
+                .for_each(|(o, &v)| *o = fast_math::silu(v * a + shift));
         } else {
             o.iter_mut().zip(s).for_each(|(o, &v)| *o = v * a + shift);
         }
@@ -263,7 +363,9 @@ fn normalise_group(src: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], e
 /// `value * gelu(gate)` element-wise.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn gated_gelu(value: &[f32], gate: &[f32], out: &mut [f32]) {
-    out.iter_mut().zip(value.iter().zip(gate)).for_each(|(o, (&v, &g))| *o = v * fast_math::gelu(g));
+    out.iter_mut()
+        .zip(value.iter().zip(gate))
+        .for_each(|(o, (&v, &g))| *o = v * fast_math::gelu(g));
 }
 
 /// GEGLU's gate: `[.., 2n]` -> `[.., n]`, first half times GELU(second half).
@@ -280,10 +382,12 @@ impl CustomOp1 for Geglu {
         let width = dims[dims.len() - 1];
         let half = width / 2;
         let mut out = vec![0f32; x.len() / 2];
-        out.par_chunks_mut(half).zip(x.par_chunks(width)).for_each(|(o, src)| {
-            let (value, gate) = src.split_at(half);
-            gated_gelu(value, gate, o);
-        });
+        out.par_chunks_mut(half)
+            .zip(x.par_chunks(width))
+            .for_each(|(o, src)| {
+                let (value, gate) = src.split_at(half);
+                gated_gelu(value, gate, o);
+            });
         let mut shape = dims.to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = half;
         Ok((CpuStorage::F32(out), Shape::from(shape)))

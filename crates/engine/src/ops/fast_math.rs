@@ -16,7 +16,12 @@ pub fn exp(x: f32) -> f32 {
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor series to r^7 on |r| <= ln2/2: truncation error below 1e-8 relative.
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // n sits in the low mantissa bits of `shifted`: build 2^n from them with integer ops
     // (a float-to-int `as` cast would block vectorisation).
     let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
@@ -29,7 +34,9 @@ pub fn exp(x: f32) -> f32 {
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let y = 1.0 - poly * exp(-a * a);
     y.copysign(x)
 }
@@ -68,7 +75,11 @@ pub fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 pub fn max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     for c in chunks {
         for (a, &x) in acc.iter_mut().zip(c) {
             *a = if x > *a { x } else { *a };
@@ -100,7 +111,11 @@ mod tests {
         for i in -600..=600 {
             let x = i as f32 * 0.01;
             // The series below loses precision past |x| = 4, where erf is 1 within 2e-8.
-            let want = if x.abs() > 4.0 { 1f64.copysign(x as f64) } else { libm_erf(x as f64) };
+            let want = if x.abs() > 4.0 {
+                1f64.copysign(x as f64)
+            } else {
+                libm_erf(x as f64)
+            };
             assert!((erf(x) as f64 - want).abs() < 5e-7, "erf({x})");
             let g = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / 2f64.sqrt()));
             assert!((gelu(x) as f64 - g).abs() < 1e-6, "gelu({x})");

@@ -28,11 +28,20 @@ pub struct GroupNorm {
 impl GroupNorm {
     pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         if groups == 0 || channels % groups != 0 {
-            candle_core::bail!("group norm {}: {groups} groups do not divide {channels} channels", vb.prefix());
+            candle_core::bail!(
+                "group norm {}: {groups} groups do not divide {channels} channels",
+                vb.prefix()
+            );
         }
         let (weight, bias) = (vb.get(channels, "weight")?, vb.get(channels, "bias")?);
         let packed = Tensor::stack(&[&weight, &bias], 0)?.to_dtype(DType::F32)?;
-        Ok(Self { weight, bias, packed, groups, eps })
+        Ok(Self {
+            weight,
+            bias,
+            packed,
+            groups,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -46,23 +55,37 @@ impl GroupNorm {
 
     fn norm(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         if fused_cpu(x) {
-            let op = cpu_kernels::GroupNormOp { groups: self.groups, eps: self.eps, silu };
-            return x.contiguous()?.apply_op2_no_bwd(&self.packed.to_device(x.device())?, &op);
+            let op = cpu_kernels::GroupNormOp {
+                groups: self.groups,
+                eps: self.eps,
+                silu,
+            };
+            return x
+                .contiguous()?
+                .apply_op2_no_bwd(&self.packed.to_device(x.device())?, &op);
         }
         let dims = x.dims();
         let (b, c) = (dims[0], dims[1]);
         let per_group = x.elem_count() / (b * self.groups);
         let dtype = x.dtype();
-        let xg = x.to_dtype(DType::F32)?.reshape((b, self.groups, per_group))?;
+        let xg = x
+            .to_dtype(DType::F32)?
+            .reshape((b, self.groups, per_group))?;
         let mean = xg.mean_keepdim(2)?;
         let centred = xg.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(2)?;
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         let mut shape = vec![1; dims.len()];
         shape[1] = c;
-        let w = self.weight.to_dtype(DType::F32)?.reshape(shape.as_slice())?;
+        let w = self
+            .weight
+            .to_dtype(DType::F32)?
+            .reshape(shape.as_slice())?;
         let bias = self.bias.to_dtype(DType::F32)?.reshape(shape.as_slice())?;
-        let y = normed.reshape(dims)?.broadcast_mul(&w)?.broadcast_add(&bias)?;
+        let y = normed
+            .reshape(dims)?
+            .broadcast_mul(&w)?
+            .broadcast_add(&bias)?;
         let y = if silu { y.silu()? } else { y };
         y.to_dtype(dtype)
     }
@@ -84,7 +107,14 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         Ok(Self {
             weight: vb.get((cout, cin, kernel, kernel), "weight")?,
             bias: vb.get(cout, "bias")?,
@@ -97,7 +127,9 @@ impl Conv2d {
         let k = self.weight.dim(3)?;
         if fused_cpu(x) && self.stride == 1 && k % 2 == 1 && self.padding == k / 2 {
             let op = cpu_kernels::SameConv { kernel: k };
-            return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &op);
+            return x
+                .contiguous()?
+                .apply_op3_no_bwd(&self.weight, &self.bias, &op);
         }
         let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
@@ -122,8 +154,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     let d = c / heads;
     let scale = 1.0 / (d as f64).sqrt();
     if fused_cpu(q) {
-        let op = cpu_kernels::Attention { heads, scale: scale as f32 };
-        return q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op);
+        let op = cpu_kernels::Attention {
+            heads,
+            scale: scale as f32,
+        };
+        return q
+            .contiguous()?
+            .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op);
     }
     let split = |t: &Tensor, s: usize| t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous();
     let (q, k, v) = (split(q, sq)?, split(k, sk)?, split(v, sk)?);
@@ -133,7 +170,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     while start < sq {
         let len = QUERY_CHUNK.min(sq - start);
         let scores = (q.narrow(2, start, len)?.matmul(&kt)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         outs.push(probs.matmul(&v)?);
         start += len;
     }
@@ -170,7 +208,16 @@ mod tests {
     use super::*;
 
     fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     /// The fused CPU kernels against the generic candle path (run in f64 as the reference).
@@ -185,29 +232,66 @@ mod tests {
         let gn64 = GroupNorm::new(w.var_builder(DType::F64, &dev).pp("gn"), 8, 64, 1e-5).unwrap();
         let x64 = x.to_dtype(DType::F64).unwrap();
         for silu in [false, true] {
-            let (a, b) = (gn.norm(&x, silu).unwrap(), gn64.norm(&x64, silu).unwrap().to_dtype(DType::F32).unwrap());
-            assert!(max_abs(&a, &b) < 1e-5, "group norm silu={silu}: {}", max_abs(&a, &b));
+            let (a, b) = (
+                gn.norm(&x, silu).unwrap(),
+                gn64.norm(&x64, silu).unwrap().to_dtype(DType::F32).unwrap(),
+            );
+            assert!(
+                max_abs(&a, &b) < 1e-5,
+                "group norm silu={silu}: {}",
+                max_abs(&a, &b)
+            );
         }
 
         for k in [1, 3] {
             let conv = Conv2d::new(vb.pp(format!("conv{k}")), 64, 16, k, 1, k / 2).unwrap();
             let fused = conv.forward(&x).unwrap();
-            let plain = x64.conv2d(&conv.weight.to_dtype(DType::F64).unwrap(), k / 2, 1, 1, 1).unwrap();
-            let plain = plain.broadcast_add(&conv.bias.to_dtype(DType::F64).unwrap().reshape((1, (), 1, 1)).unwrap());
+            let plain = x64
+                .conv2d(&conv.weight.to_dtype(DType::F64).unwrap(), k / 2, 1, 1, 1)
+                .unwrap();
+            let plain = plain.broadcast_add(
+                &conv
+                    .bias
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .reshape((1, (), 1, 1))
+                    .unwrap(),
+            );
             let plain = plain.unwrap().to_dtype(DType::F32).unwrap();
-            assert!(max_abs(&fused, &plain) < 1e-4, "conv k={k}: {}", max_abs(&fused, &plain));
+            assert!(
+                max_abs(&fused, &plain) < 1e-4,
+                "conv k={k}: {}",
+                max_abs(&fused, &plain)
+            );
         }
 
         let q = Tensor::randn(0f32, 1.0, (2, 130, 64), &dev).unwrap();
         let kv = Tensor::randn(0f32, 1.0, (2, 77, 64), &dev).unwrap();
         let fused = attention(&q, &kv, &kv, 4).unwrap();
-        let (q64, kv64) = (q.to_dtype(DType::F64).unwrap(), kv.to_dtype(DType::F64).unwrap());
-        let plain = attention(&q64, &kv64, &kv64, 4).unwrap().to_dtype(DType::F32).unwrap();
-        assert!(max_abs(&fused, &plain) < 1e-5, "attention: {}", max_abs(&fused, &plain));
+        let (q64, kv64) = (
+            q.to_dtype(DType::F64).unwrap(),
+            kv.to_dtype(DType::F64).unwrap(),
+        );
+        let plain = attention(&q64, &kv64, &kv64, 4)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert!(
+            max_abs(&fused, &plain) < 1e-5,
+            "attention: {}",
+            max_abs(&fused, &plain)
+        );
 
         let g = Tensor::randn(0f32, 2.0, (3, 5, 40), &dev).unwrap();
         let fused = geglu(&g).unwrap();
-        let plain = geglu(&g.to_dtype(DType::F64).unwrap()).unwrap().to_dtype(DType::F32).unwrap();
-        assert!(max_abs(&fused, &plain) < 1e-5, "geglu: {}", max_abs(&fused, &plain));
+        let plain = geglu(&g.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert!(
+            max_abs(&fused, &plain) < 1e-5,
+            "geglu: {}",
+            max_abs(&fused, &plain)
+        );
     }
 }

@@ -27,7 +27,13 @@ impl Common<'_> {
         ResnetBlock::new(vb, &spec)
     }
 
-    fn transformer(&self, vb: VarBuilder, channels: usize, heads: usize, layers: usize) -> Result<SpatialTransformer> {
+    fn transformer(
+        &self,
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        layers: usize,
+    ) -> Result<SpatialTransformer> {
         let spec = TransformerSpec {
             channels,
             heads,
@@ -57,12 +63,27 @@ impl Layer {
     }
 }
 
-fn layer(c: &Common, vb: &VarBuilder, spec: &BlockSpec, i: usize, cin: usize, cout: usize) -> Result<Layer> {
-    let resnet = c.resnet(vb.pp("resnets").pp(i), cin, cout, c.cfg.resnet_out_scale_factor)?;
+fn layer(
+    c: &Common,
+    vb: &VarBuilder,
+    spec: &BlockSpec,
+    i: usize,
+    cin: usize,
+    cout: usize,
+) -> Result<Layer> {
+    let resnet = c.resnet(
+        vb.pp("resnets").pp(i),
+        cin,
+        cout,
+        c.cfg.resnet_out_scale_factor,
+    )?;
     let attention = match spec.kind {
-        BlockKind::CrossAttn => {
-            Some(c.transformer(vb.pp("attentions").pp(i), cout, spec.heads, spec.transformer_layers[i])?)
-        }
+        BlockKind::CrossAttn => Some(c.transformer(
+            vb.pp("attentions").pp(i),
+            cout,
+            spec.heads,
+            spec.transformer_layers[i],
+        )?),
         BlockKind::Plain => None,
     };
     Ok(Layer { resnet, attention })
@@ -75,20 +96,37 @@ pub struct DownBlock {
 }
 
 impl DownBlock {
-    pub fn new(c: &Common, vb: VarBuilder, spec: &BlockSpec, cin: usize, cout: usize, last: bool) -> Result<Self> {
+    pub fn new(
+        c: &Common,
+        vb: VarBuilder,
+        spec: &BlockSpec,
+        cin: usize,
+        cout: usize,
+        last: bool,
+    ) -> Result<Self> {
         let layers = (0..c.cfg.layers_per_block)
             .map(|i| layer(c, &vb, spec, i, if i == 0 { cin } else { cout }, cout))
             .collect::<Result<_>>()?;
         let downsample = if last {
             None
         } else {
-            Some(Downsample::new(vb.pp("downsamplers").pp(0), cout, c.cfg.downsample_padding)?)
+            Some(Downsample::new(
+                vb.pp("downsamplers").pp(0),
+                cout,
+                c.cfg.downsample_padding,
+            )?)
         };
         Ok(Self { layers, downsample })
     }
 
     /// Pushes every intermediate output onto `skips` (the up blocks consume them in reverse).
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
             h = l.forward(&h, temb, context)?;
@@ -118,7 +156,10 @@ impl MidBlock {
             c.transformer(vb.pp("attentions").pp(0), channels, heads, layers)?,
             c.resnet(vb.pp("resnets").pp(1), channels, channels, scale)?,
         );
-        Ok(Self { first, rest: vec![pair] })
+        Ok(Self {
+            first,
+            rest: vec![pair],
+        })
     }
 
     pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
@@ -145,7 +186,13 @@ pub struct UpChannels {
 }
 
 impl UpBlock {
-    pub fn new(c: &Common, vb: VarBuilder, spec: &BlockSpec, ch: &UpChannels, last: bool) -> Result<Self> {
+    pub fn new(
+        c: &Common,
+        vb: VarBuilder,
+        spec: &BlockSpec,
+        ch: &UpChannels,
+        last: bool,
+    ) -> Result<Self> {
         let n = c.cfg.layers_per_block + 1;
         let layers = (0..n)
             .map(|i| {
@@ -154,17 +201,29 @@ impl UpBlock {
                 layer(c, &vb, spec, i, from + skip, ch.cout)
             })
             .collect::<Result<_>>()?;
-        let upsample = if last { None } else { Some(Upsample::new(vb.pp("upsamplers").pp(0), ch.cout)?) };
+        let upsample = if last {
+            None
+        } else {
+            Some(Upsample::new(vb.pp("upsamplers").pp(0), ch.cout)?)
+        };
         Ok(Self { layers, upsample })
     }
 
     /// Pops this block's skip connections from `skips`, then upsamples to the size of the
     /// next one: 2x, except where an odd size was rounded up on the way down (diffusers'
     /// `forward_upsample_size`).
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            let skip = skips.pop().ok_or_else(|| candle_core::Error::msg("unet: skip connections exhausted"))?;
+            let skip = skips
+                .pop()
+                .ok_or_else(|| candle_core::Error::msg("unet: skip connections exhausted"))?;
             h = l.forward(&Tensor::cat(&[&h, &skip], 1)?, temb, context)?;
         }
         match (&self.upsample, skips.last()) {

@@ -148,7 +148,8 @@ pub enum BlockKind {
 impl UNetConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        cfg.check().map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        cfg.check()
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
 
@@ -164,7 +165,10 @@ impl UNetConfig {
             ));
         }
         if self.act_fn != "silu" {
-            return Err(format!("act_fn '{}' is not supported (only silu)", self.act_fn));
+            return Err(format!(
+                "act_fn '{}' is not supported (only silu)",
+                self.act_fn
+            ));
         }
         for key in [
             "class_embed_type",
@@ -211,7 +215,9 @@ impl UNetConfig {
         match self.addition_embed_type.as_deref() {
             None => {}
             Some("text_time") => {
-                if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() {
+                if self.addition_time_embed_dim.is_none()
+                    || self.projection_class_embeddings_input_dim.is_none()
+                {
                     return Err(
                         "addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim"
                             .into(),
@@ -236,7 +242,10 @@ impl UNetConfig {
     /// `attention_head_dim` holds the number of heads (not their width).
     fn heads(&self) -> std::result::Result<Vec<usize>, String> {
         let n = self.block_out_channels.len();
-        let src = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim);
+        let src = self
+            .num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim);
         src.expand(n, "attention heads").map_err(|e| e.to_string())
     }
 
@@ -248,7 +257,9 @@ impl UNetConfig {
             Some(LayersPerBlock::One(v)) => vec![per(*v); n],
             Some(LayersPerBlock::Each(v)) if v.len() == n => v.iter().map(|v| per(*v)).collect(),
             Some(LayersPerBlock::Nested(v)) if v.len() == n => v.clone(),
-            Some(_) => return Err("transformer_layers_per_block does not have one entry per block".into()),
+            Some(_) => {
+                return Err("transformer_layers_per_block does not have one entry per block".into())
+            }
         })
     }
 
@@ -259,8 +270,13 @@ impl UNetConfig {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let kind = block_kind_down(t).ok_or_else(|| format!("down block type '{t}' is not supported"))?;
-                Ok(BlockSpec { kind, heads: heads[i], transformer_layers: layers[i].clone() })
+                let kind = block_kind_down(t)
+                    .ok_or_else(|| format!("down block type '{t}' is not supported"))?;
+                Ok(BlockSpec {
+                    kind,
+                    heads: heads[i],
+                    transformer_layers: layers[i].clone(),
+                })
             })
             .collect()
     }
@@ -286,8 +302,13 @@ impl UNetConfig {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let kind = block_kind_up(t).ok_or_else(|| format!("up block type '{t}' is not supported"))?;
-                Ok(BlockSpec { kind, heads: heads[i], transformer_layers: layers[i].clone() })
+                let kind = block_kind_up(t)
+                    .ok_or_else(|| format!("up block type '{t}' is not supported"))?;
+                Ok(BlockSpec {
+                    kind,
+                    heads: heads[i],
+                    transformer_layers: layers[i].clone(),
+                })
             })
             .collect()
     }
@@ -295,7 +316,11 @@ impl UNetConfig {
     /// Mid block: the last block's heads and transformer layers.
     pub fn mid_spec(&self) -> std::result::Result<(usize, usize), String> {
         let heads = *self.heads()?.last().unwrap_or(&8);
-        let layers = *self.transformer_layers()?.last().and_then(|v| v.last()).unwrap_or(&1);
+        let layers = *self
+            .transformer_layers()?
+            .last()
+            .and_then(|v| v.last())
+            .unwrap_or(&1);
         Ok((heads, layers))
     }
 }

@@ -68,9 +68,17 @@ impl UNet2DConditionModel {
         let (kin, kout) = (cfg.conv_in_kernel, cfg.conv_out_kernel);
         let conv_in = resnet::conv(vb.pp("conv_in"), cfg.in_channels, ch[0], kin, 1, kin / 2)?;
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
-        let text_time = match (cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
-            (Some(time_dim), Some(input)) if cfg.addition_embed_type.as_deref() == Some("text_time") => {
-                Some(TextTimeEmbedding { time_dim, add_embedding: TimestepEmbedding::new(vb.pp("add_embedding"), input, temb)? })
+        let text_time = match (
+            cfg.addition_time_embed_dim,
+            cfg.projection_class_embeddings_input_dim,
+        ) {
+            (Some(time_dim), Some(input))
+                if cfg.addition_embed_type.as_deref() == Some("text_time") =>
+            {
+                Some(TextTimeEmbedding {
+                    time_dim,
+                    add_embedding: TimestepEmbedding::new(vb.pp("add_embedding"), input, temb)?,
+                })
             }
             _ => None,
         };
@@ -79,7 +87,14 @@ impl UNet2DConditionModel {
         let mut down = Vec::with_capacity(n);
         let mut cin = ch[0];
         for (i, spec) in down_specs.iter().enumerate() {
-            down.push(DownBlock::new(&c, vb.pp("down_blocks").pp(i), spec, cin, ch[i], i == n - 1)?);
+            down.push(DownBlock::new(
+                &c,
+                vb.pp("down_blocks").pp(i),
+                spec,
+                cin,
+                ch[i],
+                i == n - 1,
+            )?);
             cin = ch[i];
         }
         let mid = match cfg.mid_block_type {
@@ -91,13 +106,46 @@ impl UNet2DConditionModel {
         let mut up = Vec::with_capacity(n);
         let mut prev = rev[0];
         for (i, spec) in up_specs.iter().enumerate() {
-            let chans = UpChannels { prev, cout: rev[i], skip_in: rev[(i + 1).min(n - 1)] };
-            up.push(UpBlock::new(&c, vb.pp("up_blocks").pp(i), spec, &chans, i == n - 1)?);
+            let chans = UpChannels {
+                prev,
+                cout: rev[i],
+                skip_in: rev[(i + 1).min(n - 1)],
+            };
+            up.push(UpBlock::new(
+                &c,
+                vb.pp("up_blocks").pp(i),
+                spec,
+                &chans,
+                i == n - 1,
+            )?);
             prev = rev[i];
         }
-        let norm_out = GroupNorm::new(vb.pp("conv_norm_out"), cfg.norm_num_groups, ch[0], cfg.norm_eps)?;
-        let conv_out = resnet::conv(vb.pp("conv_out"), ch[0], cfg.out_channels, kout, 1, kout / 2)?;
-        Ok(Self { conv_in, time_embedding, text_time, down, mid, up, norm_out, conv_out, dtype: vb.dtype(), config: cfg })
+        let norm_out = GroupNorm::new(
+            vb.pp("conv_norm_out"),
+            cfg.norm_num_groups,
+            ch[0],
+            cfg.norm_eps,
+        )?;
+        let conv_out = resnet::conv(
+            vb.pp("conv_out"),
+            ch[0],
+            cfg.out_channels,
+            kout,
+            1,
+            kout / 2,
+        )?;
+        Ok(Self {
+            conv_in,
+            time_embedding,
+            text_time,
+            down,
+            mid,
+            up,
+            norm_out,
+            conv_out,
+            dtype: vb.dtype(),
+            config: cfg,
+        })
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -130,18 +178,37 @@ impl UNet2DConditionModel {
         let cfg = &self.config;
         let device = sample.device();
         let batch = sample.dim(0)?;
-        let t = embeddings::sinusoidal(&[timestep], cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift, device)?;
-        let mut emb = self.time_embedding.forward(&t)?.broadcast_as((batch, cfg.time_embed_dim()))?;
+        let t = embeddings::sinusoidal(
+            &[timestep],
+            cfg.block_out_channels[0],
+            cfg.flip_sin_to_cos,
+            cfg.freq_shift,
+            device,
+        )?;
+        let mut emb = self
+            .time_embedding
+            .forward(&t)?
+            .broadcast_as((batch, cfg.time_embed_dim()))?;
         match (&self.text_time, added) {
             (Some(tt), Some(a)) => {
                 let ids: Vec<f64> = a.time_ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-                let time_embeds = embeddings::sinusoidal(&ids, tt.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift, device)?
-                    .reshape((batch, ()))?;
+                let time_embeds = embeddings::sinusoidal(
+                    &ids,
+                    tt.time_dim,
+                    cfg.flip_sin_to_cos,
+                    cfg.freq_shift,
+                    device,
+                )?
+                .reshape((batch, ()))?;
                 let text = a.text_embeds.to_dtype(DType::F32)?;
-                let aug = tt.add_embedding.forward(&Tensor::cat(&[&text, &time_embeds], 1)?)?;
+                let aug = tt
+                    .add_embedding
+                    .forward(&Tensor::cat(&[&text, &time_embeds], 1)?)?;
                 emb = (emb + aug)?;
             }
-            (Some(_), None) => candle_core::bail!("this UNet needs text_embeds and time_ids (SDXL conditioning)"),
+            (Some(_), None) => {
+                candle_core::bail!("this UNet needs text_embeds and time_ids (SDXL conditioning)")
+            }
             (None, _) => emb = emb.contiguous()?,
         }
         let temb = emb.silu()?;

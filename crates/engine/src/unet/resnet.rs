@@ -5,7 +5,14 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::ops::{Conv2d, GroupNorm};
 
-pub fn conv(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+pub fn conv(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
     Conv2d::new(vb, cin, cout, kernel, stride, padding)
 }
 
@@ -34,11 +41,18 @@ pub struct ResnetSpec {
 
 impl ResnetBlock {
     pub fn new(vb: VarBuilder, s: &ResnetSpec) -> Result<Self> {
-        let shortcut = if s.cin != s.cout { Some(conv(vb.pp("conv_shortcut"), s.cin, s.cout, 1, 1, 0)?) } else { None };
+        let shortcut = if s.cin != s.cout {
+            Some(conv(vb.pp("conv_shortcut"), s.cin, s.cout, 1, 1, 0)?)
+        } else {
+            None
+        };
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), s.groups, s.cin, s.eps)?,
             conv1: conv(vb.pp("conv1"), s.cin, s.cout, 3, 1, 1)?,
-            time_emb_proj: s.temb.map(|t| candle_nn::linear(t, s.cout, vb.pp("time_emb_proj"))).transpose()?,
+            time_emb_proj: s
+                .temb
+                .map(|t| candle_nn::linear(t, s.cout, vb.pp("time_emb_proj")))
+                .transpose()?,
             norm2: GroupNorm::new(vb.pp("norm2"), s.groups, s.cout, s.eps)?,
             conv2: conv(vb.pp("conv2"), s.cout, s.cout, 3, 1, 1)?,
             shortcut,
@@ -72,7 +86,14 @@ pub struct Downsample(Conv2d);
 
 impl Downsample {
     pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
-        Ok(Self(conv(vb.pp("conv"), channels, channels, 3, 2, padding)?))
+        Ok(Self(conv(
+            vb.pp("conv"),
+            channels,
+            channels,
+            3,
+            2,
+            padding,
+        )?))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

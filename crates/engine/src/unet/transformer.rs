@@ -17,7 +17,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
             to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
@@ -34,7 +40,8 @@ impl Attention {
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(ctx)?;
         let v = self.to_v.forward(ctx)?;
-        self.to_out.forward(&ops::attention(&q, &k, &v, self.heads)?)
+        self.to_out
+            .forward(&ops::attention(&q, &k, &v, self.heads)?)
     }
 }
 
@@ -56,7 +63,8 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj_out.forward(&ops::geglu(&self.proj_in.forward(x)?)?)
+        self.proj_out
+            .forward(&ops::geglu(&self.proj_in.forward(x)?)?)
     }
 }
 
@@ -71,7 +79,13 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(vb: VarBuilder, dim: usize, heads: usize, head_dim: usize, context_dim: usize) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        context_dim: usize,
+    ) -> Result<Self> {
         let ln = |name: &str| candle_nn::layer_norm(dim, 1e-5, vb.pp(name));
         Ok(Self {
             norm1: ln("norm1")?,
@@ -85,7 +99,10 @@ impl BasicTransformerBlock {
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context))? + x)?;
+        let x = (self
+            .attn2
+            .forward(&self.norm2.forward(&x)?, Some(context))?
+            + x)?;
         self.ff.forward(&self.norm3.forward(&x)?)? + x
     }
 }
@@ -127,7 +144,15 @@ impl SpatialTransformer {
             })
         };
         let blocks = (0..s.layers)
-            .map(|i| BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(i), c, s.heads, head_dim, s.context_dim))
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp("transformer_blocks").pp(i),
+                    c,
+                    s.heads,
+                    head_dim,
+                    s.context_dim,
+                )
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             norm: GroupNorm::new(vb.pp("norm"), s.groups, c, 1e-6)?,
