@@ -13,3 +13,4 @@ pub mod weights;
 pub use error::{Error, Result};
 pub mod ops;
 pub mod unet;
+pub mod image_io;
