@@ -1,0 +1,87 @@
+//! Pipelines: from an input image and an instruction to output images, as diffusers'
+//! pipelines compute them. `load` picks the pipeline from the folder's `model_index.json`.
+
+pub mod pix2pix;
+mod text;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{read_json, Error, Result};
+use crate::image_io::RgbImage;
+use crate::noise::NoiseSource;
+
+/// What a caller asks of one generation (one output image). Fields a pipeline does not use
+/// (`strength` for instruct-pix2pix, `image_guidance_scale` for img2img) are ignored by it.
+#[derive(Debug, Clone)]
+pub struct EditParams {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub num_inference_steps: usize,
+    pub guidance_scale: f64,
+    pub image_guidance_scale: f64,
+    pub strength: f64,
+}
+
+impl Default for EditParams {
+    /// ai-runner's defaults.
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            num_inference_steps: 100,
+            guidance_scale: 7.5,
+            image_guidance_scale: 1.5,
+            strength: 0.8,
+        }
+    }
+}
+
+/// The result of one generation.
+pub struct EditOutput {
+    /// NHWC f32 in [0, 1], before 8-bit rounding (diffusers' `output_type="np"`).
+    pub images: Tensor,
+    /// The final latents, before the VAE decode.
+    pub latents: Tensor,
+}
+
+/// Progress callback: (steps done, steps in total).
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+pub trait ImagePipeline: Send + Sync {
+    /// The diffusers class this pipeline reproduces.
+    fn name(&self) -> &'static str;
+    fn run(
+        &self,
+        params: &EditParams,
+        image: &RgbImage,
+        noise: &mut dyn NoiseSource,
+        progress: Progress,
+    ) -> Result<EditOutput>;
+}
+
+#[derive(serde::Deserialize)]
+struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    class_name: String,
+}
+
+/// The pipeline for a diffusers model folder, by `model_index.json`'s `_class_name`.
+pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn ImagePipeline>> {
+    let index_path = dir.join("model_index.json");
+    if !index_path.is_file() {
+        return Err(Error::Model(format!(
+            "{} has no model_index.json: not a diffusers pipeline folder",
+            dir.display()
+        )));
+    }
+    let index: ModelIndex = read_json(&index_path)?;
+    match index.class_name.as_str() {
+        "StableDiffusionInstructPix2PixPipeline" => Ok(Box::new(pix2pix::Pix2PixPipeline::load(dir, device, dtype)?)),
+        other => Err(Error::Model(format!(
+            "{}: pipeline class '{other}' is not supported (supported: StableDiffusionInstructPix2PixPipeline)",
+            dir.display()
+        ))),
+    }
+}
