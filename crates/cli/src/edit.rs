@@ -1,7 +1,181 @@
-//! TODO: being written.
-#[derive(clap::Args)]
-pub struct EditArgs {}
+//! `tessera edit`: one image edit from the command line, with a progress bar on stderr and
+//! one JSON line on stdout.
 
-pub fn run(_a: EditArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tessera_engine::image_io;
+use tessera_engine::noise::TorchCpuNoise;
+use tessera_engine::pipelines::{self, EditParams};
+
+#[derive(clap::Args)]
+pub struct EditArgs {
+    /// Model id (`org/name`, looked up in --model-dir) or a diffusers model folder.
+    #[arg(long)]
+    model: String,
+    /// Model directory in the HuggingFace hub cache layout [default: the HuggingFace cache].
+    #[arg(long, env = "MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// Input image (PNG, JPEG, WebP, GIF, BMP, TIFF).
+    #[arg(long)]
+    image: PathBuf,
+    /// The instruction.
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    guidance_scale: f64,
+    #[arg(long, default_value_t = 1.5)]
+    image_guidance_scale: f64,
+    /// How much of the input to repaint (img2img models).
+    #[arg(long, default_value_t = 0.8)]
+    strength: f64,
+    /// Seed of the first image; image i uses seed + i [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    num_images: usize,
+    /// LoRA adapters as JSON: {"repo-or-path": weight}.
+    #[arg(long)]
+    loras: Option<String>,
+    /// Skip the NSFW check (reports nsfw: false, as ai-runner does).
+    #[arg(long)]
+    no_safety_check: bool,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output PNG; further images go to OUT-1.png, OUT-2.png, ...
+    #[arg(long)]
+    output: PathBuf,
+}
+
+/// Where image `i` goes: the output path itself, then `stem-i.ext` beside it.
+fn output_path(out: &Path, i: usize) -> PathBuf {
+    if i == 0 {
+        return out.to_path_buf();
+    }
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match out.extension() {
+        Some(ext) => format!("{stem}-{i}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{i}"),
+    };
+    out.with_file_name(name)
+}
+
+fn check(a: &EditArgs) -> anyhow::Result<()> {
+    if let Some(l) = a.loras.as_deref() {
+        if !matches!(l.trim(), "" | "{}") {
+            bail!("--loras: LoRA adapters are not supported yet");
+        }
+    }
+    if a.num_images == 0 {
+        bail!("--num-images must be at least 1");
+    }
+    for (name, v) in [
+        ("guidance-scale", a.guidance_scale),
+        ("image-guidance-scale", a.image_guidance_scale),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            bail!("--{name} must be a finite number >= 0, got {v}");
+        }
+    }
+    if !(0.0..=1.0).contains(&a.strength) {
+        bail!("--strength must be between 0 and 1, got {}", a.strength);
+    }
+    Ok(())
+}
+
+pub fn run(a: EditArgs) -> anyhow::Result<()> {
+    check(&a)?;
+    let device = tessera_engine::device::parse(&a.device)?;
+    let store = tessera_engine::hub::ModelStore::new(
+        a.model_dir
+            .clone()
+            .unwrap_or_else(tessera_engine::hub::default_model_dir),
+    );
+    let folder = store.resolve_id_or_dir(&a.model, None)?;
+    let image = image_io::read(&a.image)?;
+    // Fail on an unwritable destination now, not after minutes of denoising.
+    if let Some(parent) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let started = Instant::now();
+    let pipe = pipelines::load(
+        &folder,
+        &device,
+        tessera_engine::device::default_dtype(&device),
+    )
+    .with_context(|| format!("loading {}", a.model))?;
+    tracing::info!(model = %a.model, folder = %folder.display(), secs = started.elapsed().as_secs_f64(), "model loaded");
+    if !a.no_safety_check {
+        eprintln!("warning: the NSFW safety checker is not available yet; images are not checked (nsfw: null)");
+    }
+    let params = EditParams {
+        prompt: a.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        num_inference_steps: a.steps,
+        guidance_scale: a.guidance_scale,
+        image_guidance_scale: a.image_guidance_scale,
+        strength: a.strength,
+    };
+    let seed = a.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+    let bar = ProgressBar::new((a.steps * a.num_images) as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut results = Vec::with_capacity(a.num_images);
+    for i in 0..a.num_images {
+        let image_seed = seed.wrapping_add(i as u64);
+        bar.set_message(format!("image {}/{}", i + 1, a.num_images));
+        let done_before = (i * a.steps) as u64;
+        let mut noise = TorchCpuNoise::new(image_seed);
+        let out = pipe.run(&params, &image, &mut noise, &mut |step, total| {
+            bar.set_length(done_before + (total * (a.num_images - i)) as u64);
+            bar.set_position(done_before + step as u64);
+        })?;
+        let path = output_path(&a.output, i);
+        let rgb = image_io::to_rgb8(&out.images)?
+            .into_iter()
+            .next()
+            .context("pipeline returned no image")?;
+        image_io::write_png(&rgb, &path)?;
+        let nsfw = if a.no_safety_check {
+            json!(false)
+        } else {
+            serde_json::Value::Null
+        };
+        results.push(json!({"path": path.to_string_lossy(), "seed": image_seed, "nsfw": nsfw}));
+    }
+    bar.finish_and_clear();
+    println!("{}", json!({ "images": results }));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_number_extra_images() {
+        assert_eq!(
+            output_path(Path::new("out/a.png"), 0),
+            PathBuf::from("out/a.png")
+        );
+        assert_eq!(
+            output_path(Path::new("out/a.png"), 2),
+            PathBuf::from("out/a-2.png")
+        );
+        assert_eq!(output_path(Path::new("a"), 1), PathBuf::from("a-1"));
+    }
 }

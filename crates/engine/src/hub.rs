@@ -157,6 +157,21 @@ enum Local {
     Missing(String),
 }
 
+/// Where models live when no directory is given: the HuggingFace hub cache (`HF_HUB_CACHE`,
+/// else `HF_HOME/hub`, else `~/.cache/huggingface/hub`), as `huggingface-cli` uses it.
+pub fn default_model_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(d).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
 /// A model directory in the HuggingFace hub cache layout, and the policy for what is not
 /// in it yet: download it from the hub (the default) or fail with an error that names the
 /// id and the directory. Cheap to clone; holds no open files or connections.

@@ -36,3 +36,29 @@ pub fn to_unit_nhwc(x: &Tensor) -> Result<Tensor> {
         .clamp(0f32, 1f32)?
         .permute((0, 2, 3, 1))?)
 }
+
+pub fn to_rgb8(x: &Tensor) -> Result<Vec<RgbImage>> {
+    let (n, h, w, _) = x.dims4()?;
+    let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    Ok((0..n)
+        .map(|i| RgbImage {
+            width: w as u32,
+            height: h as u32,
+            data: v[i * h * w * 3..(i + 1) * h * w * 3]
+                .iter()
+                .map(|f| (f * 255.0).round() as u8)
+                .collect(),
+        })
+        .collect())
+}
+
+pub fn write_png(img: &RgbImage, path: &std::path::Path) -> Result<()> {
+    image::save_buffer(
+        path,
+        &img.data,
+        img.width,
+        img.height,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+}

@@ -11,6 +11,7 @@ pub mod vae;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod device;
 pub mod image_io;
 pub mod ops;
 pub mod pipelines;
