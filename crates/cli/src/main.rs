@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Edit one local image with a diffusion model (no server).
-    Edit(edit::EditArgs),
+    Edit(Box<edit::EditArgs>),
     /// Time the engine's components on random-weight real-size architectures.
     Bench(bench::BenchArgs),
     /// Write a random-weight model folder with real configs (for benchmarks and diffusers).
@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Edit(a) => edit::run(a),
+        Command::Edit(a) => edit::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),
     };

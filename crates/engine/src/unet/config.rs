@@ -214,19 +214,19 @@ impl UNetConfig {
         }
         match self.addition_embed_type.as_deref() {
             None => {}
-            Some("text_time") => {
-                if self.addition_time_embed_dim.is_none()
-                    || self.projection_class_embeddings_input_dim.is_none()
-                {
-                    return Err(
+            Some("text_time")
+                if (self.addition_time_embed_dim.is_none()
+                    || self.projection_class_embeddings_input_dim.is_none()) =>
+            {
+                return Err(
                         "addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim"
                             .into(),
                     );
-                }
             }
+            Some("text_time") => {}
             Some(t) => return Err(format!("addition_embed_type '{t}' is not supported")),
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err("conv_in_kernel and conv_out_kernel must be odd".into());
         }
         self.down_specs().map(|_| ())?;
