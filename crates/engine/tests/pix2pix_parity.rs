@@ -12,8 +12,8 @@ use tessera_engine::pipelines::{self, EditParams};
 /// The bar; diffusers and we agree to about 1e-5 in practice.
 const TOLERANCE: f32 = 1e-3;
 
-fn parity_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/diffusers-parity")
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
@@ -41,8 +41,8 @@ fn params(case: &Value) -> EditParams {
     }
 }
 
-fn run_case(name: &str) {
-    let dir = parity_dir();
+fn run_case(set: &str, name: &str) {
+    let dir = fixture_dir(set);
     let case: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("cases/{name}.json"))).unwrap(),
     )
@@ -86,17 +86,32 @@ fn run_case(name: &str) {
 
 #[test]
 fn pix2pix_basic() {
-    run_case("pix2pix_basic");
+    run_case("diffusers-parity", "pix2pix_basic");
 }
 
 #[test]
 fn pix2pix_negative() {
-    run_case("pix2pix_negative");
+    run_case("diffusers-parity", "pix2pix_negative");
 }
 
 #[test]
 fn pix2pix_no_cfg() {
-    run_case("pix2pix_no_cfg");
+    run_case("diffusers-parity", "pix2pix_no_cfg");
+}
+
+#[test]
+fn pix2pix_odd_size_is_resized_like_diffusers() {
+    run_case("diffusers-parity-variants", "pix2pix_odd_size");
+}
+
+#[test]
+fn pix2pix_long_prompt_is_truncated_like_diffusers() {
+    run_case("diffusers-parity-variants", "pix2pix_long_prompt");
+}
+
+#[test]
+fn pix2pix_image_guidance_below_one_disables_guidance() {
+    run_case("diffusers-parity-variants", "pix2pix_low_image_guidance");
 }
 
 #[test]
