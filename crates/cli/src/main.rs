@@ -3,6 +3,7 @@
 mod bench;
 mod edit;
 mod random_model;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a warm model over HTTP (ai-runner's API).
+    Serve(serve::ServeArgs),
     /// Edit one local image with a diffusion model (no server).
     Edit(edit::EditArgs),
     /// Time the engine's components on random-weight real-size architectures.
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Edit(a) => edit::run(a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),
