@@ -3,6 +3,7 @@
 mod bench;
 mod edit;
 mod random_model;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a warm model over HTTP (ai-runner's API).
+    Serve(serve::ServeArgs),
     /// Edit one local image with a diffusion model (no server).
     Edit(Box<edit::EditArgs>),
     /// Time the engine's components on random-weight real-size architectures.
@@ -28,14 +31,23 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // A server logs what it does (listening, model loaded, requests); one-shot commands keep
+    // stderr for their progress bar and errors. RUST_LOG overrides both.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Edit(a) => edit::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),

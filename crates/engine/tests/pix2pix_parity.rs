@@ -13,7 +13,9 @@ use tessera_engine::pipelines::{self, EditParams};
 const TOLERANCE: f32 = 1e-3;
 
 fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {

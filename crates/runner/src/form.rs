@@ -1,0 +1,444 @@
+//! The `POST /image-to-image` form: reading the multipart fields the way FastAPI does (422
+//! for a missing or unparsable field), then checking what FastAPI's ai-runner does not
+//! (ranges, model, LoRAs, safety checker) with 400s that name the field and what is allowed.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::Multipart;
+use axum::http::StatusCode;
+use tessera_engine::pipelines::EditParams;
+
+use crate::error::{ApiError, FieldError};
+
+/// Limits ai-runner does not have; past them a request would only tie the worker up.
+const MAX_STEPS: i128 = 500;
+const MAX_IMAGES: i128 = 10;
+const MAX_GUIDANCE: f64 = 50.0;
+
+/// The form as sent, parsed but not yet checked against the model or the limits.
+#[derive(Debug)]
+pub struct ImageToImageForm {
+    pub prompt: String,
+    pub image: Bytes,
+    pub model_id: String,
+    pub loras: String,
+    pub strength: f64,
+    pub guidance_scale: f64,
+    pub image_guidance_scale: f64,
+    pub negative_prompt: String,
+    pub safety_check: bool,
+    pub seed: Option<i128>,
+    pub num_inference_steps: i128,
+    pub num_images_per_prompt: i128,
+}
+
+/// A checked request: what to run, and the seed of every output image.
+#[derive(Debug)]
+pub struct Job {
+    pub params: EditParams,
+    /// The undecoded input image.
+    pub image: Bytes,
+    /// `seed + i` for image `i`, as ai-runner numbers them.
+    pub seeds: Vec<u64>,
+}
+
+impl ImageToImageForm {
+    /// Reads every part of the body; for a name sent twice, the last part counts (as in
+    /// Starlette's form). Parts without a name are skipped.
+    pub async fn read(mut multipart: Multipart) -> Result<Self, ApiError> {
+        let mut parts = HashMap::new();
+        while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+            let Some(name) = field.name().map(str::to_owned) else {
+                continue;
+            };
+            let bytes = field.bytes().await.map_err(multipart_error)?;
+            parts.insert(name, bytes);
+        }
+        Self::from_parts(parts)
+    }
+
+    /// The typed form, or FastAPI's 422 listing every field that is missing or unparsable.
+    pub fn from_parts(parts: HashMap<String, Bytes>) -> Result<Self, ApiError> {
+        let mut f = Fields {
+            parts,
+            errors: Vec::new(),
+        };
+        let form = Self {
+            prompt: f.required_text("prompt"),
+            image: f.required_file("image"),
+            model_id: f.text("model_id").unwrap_or_default(),
+            loras: f.text("loras").unwrap_or_default(),
+            strength: f.float("strength", 0.8),
+            guidance_scale: f.float("guidance_scale", 7.5),
+            image_guidance_scale: f.float("image_guidance_scale", 1.5),
+            negative_prompt: f.text("negative_prompt").unwrap_or_default(),
+            safety_check: f.bool("safety_check", true),
+            seed: f.int("seed"),
+            num_inference_steps: f.int("num_inference_steps").unwrap_or(100),
+            num_images_per_prompt: f.int("num_images_per_prompt").unwrap_or(1),
+        };
+        if f.errors.is_empty() {
+            Ok(form)
+        } else {
+            Err(ApiError::Validation(f.errors))
+        }
+    }
+
+    /// Checks the request against the loaded model and the limits, in ai-runner's order
+    /// (model, then LoRAs), and picks a random first seed when none was given.
+    pub fn into_job(self, loaded_model_id: &str) -> Result<Job, ApiError> {
+        if !self.model_id.is_empty() && self.model_id != loaded_model_id {
+            return Err(ApiError::bad_request(format!(
+                "pipeline configured with {loaded_model_id} but called with {}.",
+                self.model_id
+            )));
+        }
+        check_no_loras(&self.loras)?;
+        let steps = in_range(
+            "num_inference_steps",
+            self.num_inference_steps,
+            1,
+            MAX_STEPS,
+        )?;
+        let images = in_range(
+            "num_images_per_prompt",
+            self.num_images_per_prompt,
+            1,
+            MAX_IMAGES,
+        )?;
+        let guidance_scale = in_range("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)?;
+        let image_guidance_scale = in_range(
+            "image_guidance_scale",
+            self.image_guidance_scale,
+            0.0,
+            MAX_GUIDANCE,
+        )?;
+        let strength = in_range("strength", self.strength, 0.0, 1.0)?;
+        let seeds = seeds(self.seed, images as u64)?;
+        if self.safety_check {
+            // Reporting an unchecked image as safe would be a lie the caller cannot detect.
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "The NSFW safety checker is not available yet; send safety_check=false.",
+            ));
+        }
+        Ok(Job {
+            params: EditParams {
+                prompt: self.prompt,
+                negative_prompt: self.negative_prompt,
+                num_inference_steps: steps as usize,
+                guidance_scale,
+                image_guidance_scale,
+                strength,
+            },
+            image: self.image,
+            seeds,
+        })
+    }
+}
+
+/// The multipart body itself is broken (bad boundary, truncated, over the size limit).
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::new(e.status(), e.body_text())
+}
+
+/// `loras` is ai-runner's JSON object `{"repo-or-path": weight}`; an empty text or an empty
+/// object asks for none, which is all this runner can do so far.
+fn check_no_loras(loras: &str) -> Result<(), ApiError> {
+    if loras.trim().is_empty() {
+        return Ok(());
+    }
+    match serde_json::from_str::<serde_json::Value>(loras) {
+        Err(_) => Err(ApiError::bad_request(format!(
+            "Unable to parse '{loras}' as JSON."
+        ))),
+        Ok(serde_json::Value::Object(map)) if map.is_empty() => Ok(()),
+        Ok(_) => Err(ApiError::bad_request("LoRA adapters are not supported yet")),
+    }
+}
+
+/// `value` if it lies in `lo..=hi` (NaN and infinities never do), else a 400 naming the field.
+fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<T, ApiError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{field} must be between {lo} and {hi}, got {value}."
+        )))
+    }
+}
+
+/// The seed of each of `count` images: `seed + i`, from a random `seed` below 2^32 when none
+/// was given (ai-runner's range). Every seed must fit torch's `manual_seed` (a u64).
+fn seeds(seed: Option<i128>, count: u64) -> Result<Vec<u64>, ApiError> {
+    let first = match seed {
+        None => u64::from(rand::random::<u32>()),
+        Some(s) => {
+            let max = u64::MAX - (count - 1);
+            in_range("seed", s, 0, i128::from(max))
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "seed must be between 0 and {max} (so that seed + {} fits in 64 bits), got {s}.",
+                        count - 1
+                    ))
+                })? as u64
+        }
+    };
+    Ok((0..count).map(|i| first + i).collect())
+}
+
+/// Form parts being typed, with the FastAPI validation errors met so far.
+struct Fields {
+    parts: HashMap<String, Bytes>,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    /// A text field; FastAPI treats an empty form value as absent (the default applies, or a
+    /// required field is missing).
+    fn text(&mut self, name: &str) -> Option<String> {
+        let bytes = self.parts.remove(name).filter(|b| !b.is_empty())?;
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                self.errors.push(FieldError {
+                    kind: "string_unicode",
+                    field: name.into(),
+                    msg: "Input should be a valid string, unable to parse raw data as a unicode string",
+                    input: None,
+                });
+                None
+            }
+        }
+    }
+
+    fn required_text(&mut self, name: &str) -> String {
+        let text = self.text(name);
+        if text.is_none() && !self.errors.iter().any(|e| e.field == name) {
+            self.errors.push(FieldError::missing(name));
+        }
+        text.unwrap_or_default()
+    }
+
+    /// A file part; an empty upload is still an upload (it fails to decode later, with a 400).
+    fn required_file(&mut self, name: &str) -> Bytes {
+        self.parts.remove(name).unwrap_or_else(|| {
+            self.errors.push(FieldError::missing(name));
+            Bytes::new()
+        })
+    }
+
+    /// Parses an optional field with `parse`, recording pydantic's `kind`/`msg` on failure.
+    fn parsed<T>(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        msg: &'static str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let text = self.text(name)?;
+        let value = parse(text.trim());
+        if value.is_none() {
+            self.errors.push(FieldError {
+                kind,
+                field: name.into(),
+                msg,
+                input: Some(text),
+            });
+        }
+        value
+    }
+
+    /// An integer, kept wide so that out-of-range values get the range check's 400.
+    fn int(&mut self, name: &str) -> Option<i128> {
+        self.parsed(
+            name,
+            "int_parsing",
+            "Input should be a valid integer, unable to parse string as an integer",
+            |s| s.parse().ok(),
+        )
+    }
+
+    /// A number; `nan` and `inf` parse (as in pydantic) and are refused by the range checks.
+    fn float(&mut self, name: &str, default: f64) -> f64 {
+        self.parsed(
+            name,
+            "float_parsing",
+            "Input should be a valid number, unable to parse string as a number",
+            |s| s.parse().ok(),
+        )
+        .unwrap_or(default)
+    }
+
+    /// A boolean in any of the spellings pydantic accepts.
+    fn bool(&mut self, name: &str, default: bool) -> bool {
+        self.parsed(
+            name,
+            "bool_parsing",
+            "Input should be a valid boolean, unable to interpret input",
+            |s| match s.to_ascii_lowercase().as_str() {
+                "true" | "t" | "yes" | "y" | "on" | "1" => Some(true),
+                "false" | "f" | "no" | "n" | "off" | "0" => Some(false),
+                _ => None,
+            },
+        )
+        .unwrap_or(default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(fields: &[(&str, &str)]) -> HashMap<String, Bytes> {
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), Bytes::from(v.to_string())))
+            .collect()
+    }
+
+    fn valid(extra: &[(&str, &str)]) -> ImageToImageForm {
+        let mut p = parts(&[
+            ("prompt", "a cat"),
+            ("image", "png"),
+            ("safety_check", "false"),
+        ]);
+        p.extend(parts(extra));
+        ImageToImageForm::from_parts(p).unwrap()
+    }
+
+    fn msg(err: ApiError) -> String {
+        match err {
+            ApiError::Msg { msg, .. } => msg,
+            other => panic!("expected a message error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_ai_runners() {
+        let form = valid(&[]);
+        assert_eq!(form.num_inference_steps, 100);
+        assert_eq!(form.num_images_per_prompt, 1);
+        assert_eq!(
+            (
+                form.strength,
+                form.guidance_scale,
+                form.image_guidance_scale
+            ),
+            (0.8, 7.5, 1.5)
+        );
+        assert_eq!(form.seed, None);
+        let job = form.into_job("m").unwrap();
+        assert_eq!(job.seeds.len(), 1);
+        assert!(job.seeds[0] <= u64::from(u32::MAX));
+        // safety_check defaults to true, which this runner cannot honour yet.
+        let form = ImageToImageForm::from_parts(parts(&[("prompt", "p"), ("image", "x")])).unwrap();
+        assert!(form.safety_check);
+    }
+
+    #[test]
+    fn empty_values_count_as_absent() {
+        let form = valid(&[("seed", ""), ("num_inference_steps", "")]);
+        assert_eq!((form.seed, form.num_inference_steps), (None, 100));
+        let err =
+            ImageToImageForm::from_parts(parts(&[("prompt", ""), ("image", "x")])).unwrap_err();
+        assert!(matches!(err, ApiError::Validation(e) if e == vec![FieldError::missing("prompt")]));
+    }
+
+    #[test]
+    fn unparsable_fields_are_all_reported() {
+        let err = ImageToImageForm::from_parts(parts(&[
+            ("num_inference_steps", "ten"),
+            ("guidance_scale", "x"),
+            ("safety_check", "maybe"),
+        ]))
+        .unwrap_err();
+        let ApiError::Validation(errors) = err else {
+            panic!("expected a 422");
+        };
+        let kinds: Vec<(&str, &str)> = errors.iter().map(|e| (e.kind, e.field.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("missing", "prompt"),
+                ("missing", "image"),
+                ("float_parsing", "guidance_scale"),
+                ("bool_parsing", "safety_check"),
+                ("int_parsing", "num_inference_steps"),
+            ]
+        );
+        assert_eq!(errors[2].input.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn ranges_are_checked_with_the_field_named() {
+        for (field, value) in [
+            ("num_inference_steps", "0"),
+            ("num_inference_steps", "501"),
+            ("num_images_per_prompt", "11"),
+            ("guidance_scale", "nan"),
+            ("image_guidance_scale", "-1"),
+            ("strength", "inf"),
+            ("seed", "-1"),
+        ] {
+            let m = msg(valid(&[(field, value)]).into_job("m").unwrap_err());
+            assert!(
+                m.starts_with(&format!("{field} must be between")),
+                "{field}={value}: {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn seeds_count_up_and_must_fit_64_bits() {
+        let job = valid(&[("seed", "7"), ("num_images_per_prompt", "3")])
+            .into_job("m")
+            .unwrap();
+        assert_eq!(job.seeds, [7, 8, 9]);
+        let top = (u64::MAX - 1).to_string();
+        let job = valid(&[("seed", &top), ("num_images_per_prompt", "2")])
+            .into_job("m")
+            .unwrap();
+        assert_eq!(job.seeds, [u64::MAX - 1, u64::MAX]);
+        let m = msg(valid(&[("seed", &top), ("num_images_per_prompt", "3")])
+            .into_job("m")
+            .unwrap_err());
+        assert!(m.contains("64 bits"), "{m}");
+    }
+
+    #[test]
+    fn model_loras_and_safety_are_refused_with_reasons() {
+        let m = msg(valid(&[("model_id", "other/model")])
+            .into_job("org/model")
+            .unwrap_err());
+        assert_eq!(
+            m,
+            "pipeline configured with org/model but called with other/model."
+        );
+        assert!(valid(&[("model_id", "org/model"), ("loras", "{}")])
+            .into_job("org/model")
+            .is_ok());
+        let m = msg(valid(&[("loras", r#"{"a/b": 1.0}"#)])
+            .into_job("m")
+            .unwrap_err());
+        assert_eq!(m, "LoRA adapters are not supported yet");
+        let m = msg(valid(&[("loras", "{oops")]).into_job("m").unwrap_err());
+        assert_eq!(m, "Unable to parse '{oops' as JSON.");
+        let err = valid(&[("safety_check", "TRUE")])
+            .into_job("m")
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ApiError::Msg {
+                status: StatusCode::NOT_IMPLEMENTED,
+                ..
+            }
+        ));
+    }
+}

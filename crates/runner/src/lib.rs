@@ -1,0 +1,73 @@
+//! `tessera-runner`: one warm model behind livepeer ai-runner's HTTP API, so that clients
+//! and orchestrators written for ai-runner work unchanged.
+//!
+//! The model loads on a background thread while the server already answers: `GET /health`
+//! says `LOADING`, then `OK` (or `ERROR`, with the reason in the log and in the 500 that
+//! requests get). `POST /image-to-image` takes ai-runner's multipart form and answers with
+//! PNG data URLs, one inference at a time.
+//!
+//! Not here yet (they come with the runner issue): `/version`, `/hardware/*`, `/metrics`,
+//! the OpenAPI document, the NSFW safety checker (requests with `safety_check=true` get a
+//! 501), LoRA adapters, and limits on how many requests may wait for the model.
+
+mod config;
+mod error;
+mod form;
+mod routes;
+mod state;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::{RunnerConfig, DEFAULT_MODEL_ID, DEFAULT_PORT};
+pub use routes::{router, MAX_BODY_BYTES};
+pub use state::{Health, Runner};
+
+/// Listens on `config`'s address, loads its model in the background, and serves until
+/// Ctrl-C or SIGTERM. A busy port or a bad device fails at once.
+pub async fn serve(config: RunnerConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let runner = Runner::start(&config)?;
+    serve_on(listener, runner).await
+}
+
+/// Serves `runner` on a listener bound by the caller (tests bind port 0), until Ctrl-C or
+/// SIGTERM; requests in flight are finished first.
+pub async fn serve_on(listener: TcpListener, runner: Runner) -> anyhow::Result<()> {
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        model = runner.model_id(),
+        "runner listening"
+    );
+    axum::serve(listener, router(runner))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM (how containers are stopped).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
