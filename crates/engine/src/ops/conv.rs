@@ -73,14 +73,11 @@ pub enum ConvKernel {
     Candle,
 }
 
-/// Below this many output pixels per image a 3x3 "same" convolution runs the implicit GEMM;
-/// from it on, the banded im2col. Measured with `examples/conv_time.rs` (2 shared AVX-512
-/// cores; see its doc comment for the figures): the implicit GEMM wins on the UNet's 8-32 px
-/// latents, where the extra pass over its padded and wide copies is small and im2col's nine-fold
-/// column matrix is not; on the VAE's 256-512 px images the banded im2col wins, its GEMM
-/// accumulating once per band where the implicit GEMM's nine passes each stream the whole
-/// output.
-const IMPLICIT_GEMM_MAX_PIXELS: usize = 64 * 64;
+/// The implicit GEMM runs "same" convolutions with at most this many output channels...
+const IMPLICIT_GEMM_MAX_COUT: usize = 8;
+/// ...whose zero-padded input image is at most this large (bytes), so that its nine passes
+/// over it are served from the cache. See [`Conv2d::kernel_for`] for the figures.
+const IMPLICIT_GEMM_MAX_INPUT: usize = 32 << 20;
 
 /// A square-kernel convolution as PyTorch's `nn.Conv2d` (dilation 1, groups 1) with weights
 /// named `weight` (out, in, k, k) and `bias` (out).
@@ -131,19 +128,35 @@ impl Conv2d {
         self.forward_with(x, self.kernel_for(x)?)
     }
 
-    /// The implementation `forward` uses for `x`.
+    /// The implementation `forward` uses for `x`: candle's conv2d off the CPU or in half
+    /// precision; on the CPU in f32 the banded im2col, except for the implicit GEMM on "same"
+    /// convolutions with a handful of output channels and a cache-sized input.
+    ///
+    /// Why, in CPU ms per call at one thread (`examples/conv_time.rs`, implicit GEMM vs banded
+    /// im2col): the im2col copy costs as much as about one output channel of GEMM work, so it
+    /// only shows with few output channels, and there the implicit GEMM wins while its input
+    /// stays in cache — UNet conv_out 320->4 at 64 px, batch 3: 4.6 vs 9.9; SDXL conv_out
+    /// 320->4 at 128 px (21 MiB padded input): 17.8 vs 24.2; VAE encoder conv_out 512->8 at
+    /// 64 px: 4.8 vs 7.7 — but not once it streams from memory: VAE conv_out 128->3 at 512 px
+    /// (135 MiB): 130 vs 63. With many output channels the im2col's single large GEMM per
+    /// band beats nine GEMMs that each pass over the whole output: UNet 1280 channels at 8 px:
+    /// 155 vs 68, at 16 px: 401 vs 287; 640 at 32 px: 322 vs 292; VAE 512 at 128 px: 944
+    /// vs 911.
     pub fn kernel_for(&self, x: &Tensor) -> Result<ConvKernel> {
         if !self.on_cpu_f32(x) {
             return Ok(ConvKernel::Candle);
         }
-        let (_, _, h, w) = x.dims4()?;
-        let g = self.geometry;
-        Ok(
-            match g.is_same() && g.kernel > 1 && h * w < IMPLICIT_GEMM_MAX_PIXELS {
-                true => ConvKernel::ImplicitGemm,
-                false => ConvKernel::Im2colBands,
-            },
-        )
+        let (_, cin, h, w) = x.dims4()?;
+        let (g, cout) = (self.geometry, self.weight.dim(0)?);
+        let padded_input = cin * (h + g.kernel - 1) * (w + g.kernel - 1) * 4;
+        let implicit = g.is_same()
+            && g.kernel > 1
+            && cout <= IMPLICIT_GEMM_MAX_COUT
+            && padded_input <= IMPLICIT_GEMM_MAX_INPUT;
+        Ok(match implicit {
+            true => ConvKernel::ImplicitGemm,
+            false => ConvKernel::Im2colBands,
+        })
     }
 
     /// The convolution by a given implementation; an error if it cannot run this geometry,
@@ -310,21 +323,34 @@ mod tests {
         }
     }
 
-    /// The choice of kernel: candle off the CPU-f32 path, never the implicit GEMM where it
-    /// cannot run, and the figures of `IMPLICIT_GEMM_MAX_PIXELS` for 3x3 "same".
+    /// The choice of kernel: candle off the CPU-f32 path, the implicit GEMM only for "same"
+    /// convolutions with few output channels and a cache-sized input.
     #[test]
     fn kernel_choice() {
-        let same = conv(ConvGeometry::same(3), 2, 2);
-        let small = random(&[1, 2, 32, 32], DType::F32);
-        let large = random(&[1, 2, 64, 64], DType::F32);
-        assert_eq!(same.kernel_for(&small).unwrap(), ConvKernel::ImplicitGemm);
-        assert_eq!(same.kernel_for(&large).unwrap(), ConvKernel::Im2colBands);
-        let down = conv(ConvGeometry::symmetric(3, 2, 1), 2, 2);
-        assert_eq!(down.kernel_for(&small).unwrap(), ConvKernel::Im2colBands);
-        assert!(down.forward_with(&small, ConvKernel::ImplicitGemm).is_err());
-        let half = small.to_dtype(DType::F16).unwrap();
-        assert_eq!(same.kernel_for(&half).unwrap(), ConvKernel::Candle);
-        assert!(same.forward_with(&half, ConvKernel::Im2colBands).is_err());
+        let x = random(&[1, 2, 32, 32], DType::F32);
+        let choice = |geometry, cout| conv(geometry, 2, cout).kernel_for(&x).unwrap();
+        assert_eq!(choice(ConvGeometry::same(3), 4), ConvKernel::ImplicitGemm);
+        assert_eq!(choice(ConvGeometry::same(3), 64), ConvKernel::Im2colBands);
+        assert_eq!(choice(ConvGeometry::same(1), 4), ConvKernel::Im2colBands);
+        let down = ConvGeometry::symmetric(3, 2, 1);
+        assert_eq!(choice(down, 4), ConvKernel::Im2colBands);
+        assert!(conv(down, 2, 4)
+            .forward_with(&x, ConvKernel::ImplicitGemm)
+            .is_err());
+        // Padded to 2042 (2102) pixels square, 2 input channels take 31.8 (33.7) MiB.
+        let small_out = conv(ConvGeometry::same(3), 2, 4);
+        for (size, kernel) in [
+            (2040, ConvKernel::ImplicitGemm),
+            (2100, ConvKernel::Im2colBands),
+        ] {
+            let image = Tensor::zeros((1, 2, size, size), DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(small_out.kernel_for(&image).unwrap(), kernel, "{size} px");
+        }
+        let half = x.to_dtype(DType::F16).unwrap();
+        assert_eq!(small_out.kernel_for(&half).unwrap(), ConvKernel::Candle);
+        assert!(small_out
+            .forward_with(&half, ConvKernel::Im2colBands)
+            .is_err());
     }
 
     /// The candle path (what CUDA and half precision run), asymmetric padding included,

@@ -145,29 +145,27 @@ impl Im2colConv {
 
     /// One output row's values for horizontal tap `kx` from input row `src`.
     fn gather_row(&self, src: &[f32], kx: usize, dst: &mut [f32]) {
-        let g = self.geometry;
-        // Output column x reads input column x * stride + kx - pad_before when inside the row.
-        if g.stride == 1 {
-            let first = g.pad_before.saturating_sub(kx).min(dst.len());
-            let last = (src.len() + g.pad_before)
-                .saturating_sub(kx)
-                .clamp(first, dst.len());
-            dst[..first].fill(0.0);
-            if last > first {
-                let start = first + kx - g.pad_before;
-                dst[first..last].copy_from_slice(&src[start..start + last - first]);
-            }
-            dst[last..].fill(0.0);
-        } else {
-            let input_col = |x: usize| {
-                (x * g.stride + kx)
-                    .checked_sub(g.pad_before)
-                    .filter(|&i| i < src.len())
-            };
-            for (x, v) in dst.iter_mut().enumerate() {
-                *v = input_col(x).map_or(0.0, |i| src[i]);
+        let (stride, pad) = (self.geometry.stride, self.geometry.pad_before);
+        // Output column x reads input column x * stride + kx - pad, which lies inside the row
+        // for first <= x < last; the columns either side read the zero padding.
+        let first = pad.saturating_sub(kx).div_ceil(stride).min(dst.len());
+        let last = (src.len() + pad)
+            .saturating_sub(kx)
+            .div_ceil(stride)
+            .clamp(first, dst.len());
+        dst[..first].fill(0.0);
+        let inside = &mut dst[first..last];
+        if !inside.is_empty() {
+            let start = first * stride + kx - pad;
+            match stride {
+                1 => inside.copy_from_slice(&src[start..start + inside.len()]),
+                _ => inside
+                    .iter_mut()
+                    .zip(src[start..].iter().step_by(stride))
+                    .for_each(|(v, &x)| *v = x),
             }
         }
+        dst[last..].fill(0.0);
     }
 }
 

@@ -39,7 +39,7 @@ impl CustomOp3 for ImplicitGemmConv {
         let (b, cin, hh, ww) = xl.shape().dims4()?;
         let (cout, wcin, kh, kw) = wl.shape().dims4()?;
         let k = self.kernel;
-        if wcin != cin || kh != k || kw != k || k % 2 == 0 || bias.len() != cout {
+        if wcin != cin || kh != k || kw != k || k.is_multiple_of(2) || bias.len() != cout {
             candle_core::bail!(
                 "implicit-GEMM conv: input {:?}, weight {:?}, bias {}",
                 xl.dims(),
