@@ -7,11 +7,7 @@ mod random_model;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "tessera",
-    version,
-    about = "Image-to-image diffusion, equal to diffusers, in Rust"
-)]
+#[command(name = "tessera", version, about = "Image-to-image diffusion, equal to diffusers, in Rust")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

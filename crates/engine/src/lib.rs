@@ -11,6 +11,6 @@ pub mod vae;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub mod image_io;
 pub mod ops;
 pub mod unet;
+pub mod image_io;

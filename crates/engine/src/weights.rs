@@ -23,16 +23,8 @@ pub type TensorMap = HashMap<String, Tensor>;
 pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec<PathBuf>> {
     // (single file, shard index) per candidate; diffusers names a variant's shard index
     // `{stem}.safetensors.index.{variant}.json`.
-    let plain = (
-        format!("{stem}.safetensors"),
-        format!("{stem}.safetensors.index.json"),
-    );
-    let of_variant = |v: &str| {
-        (
-            format!("{stem}.{v}.safetensors"),
-            format!("{stem}.safetensors.index.{v}.json"),
-        )
-    };
+    let plain = (format!("{stem}.safetensors"), format!("{stem}.safetensors.index.json"));
+    let of_variant = |v: &str| (format!("{stem}.{v}.safetensors"), format!("{stem}.safetensors.index.{v}.json"));
     let candidates = match variant {
         Some(v) => vec![of_variant(v), plain],
         None => vec![plain, of_variant("fp16")],
