@@ -120,10 +120,6 @@ impl Conv2d {
         })
     }
 
-    pub fn geometry(&self) -> ConvGeometry {
-        self.geometry
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, self.kernel_for(x)?)
     }
@@ -132,16 +128,17 @@ impl Conv2d {
     /// precision; on the CPU in f32 the banded im2col, except for the implicit GEMM on "same"
     /// convolutions with a handful of output channels and a cache-sized input.
     ///
-    /// Why, in CPU ms per call at one thread (`examples/conv_time.rs`, implicit GEMM vs banded
-    /// im2col): the im2col copy costs as much as about one output channel of GEMM work, so it
-    /// only shows with few output channels, and there the implicit GEMM wins while its input
-    /// stays in cache — UNet conv_out 320->4 at 64 px, batch 3: 4.6 vs 9.9; SDXL conv_out
-    /// 320->4 at 128 px (21 MiB padded input): 17.8 vs 24.2; VAE encoder conv_out 512->8 at
-    /// 64 px: 4.8 vs 7.7 — but not once it streams from memory: VAE conv_out 128->3 at 512 px
-    /// (135 MiB): 130 vs 63. With many output channels the im2col's single large GEMM per
-    /// band beats nine GEMMs that each pass over the whole output: UNet 1280 channels at 8 px:
-    /// 155 vs 68, at 16 px: 401 vs 287; 640 at 32 px: 322 vs 292; VAE 512 at 128 px: 944
-    /// vs 911.
+    /// Why, in CPU ms per call at one thread (`examples/conv_time.rs` on an EPYC Zen 5 core,
+    /// implicit GEMM vs banded im2col): the im2col copy costs about as much as a few output
+    /// channels' GEMM work, so it only shows with few output channels, and there the implicit
+    /// GEMM wins while its input stays in cache — UNet conv_out 320->4 at 64 px, batch 3: 4.0 vs 11.4;
+    /// SDXL conv_out 320->4 at 128 px, batch 2 (21 MiB padded input): 16.9 vs 22.5; VAE
+    /// encoder conv_out 512->8 at 64 px: 4.9 vs 8.1 — but not once it streams from memory:
+    /// VAE conv_out 128->3 at 512 px (135 MiB): 138 vs 71. With many output channels the
+    /// im2col's one large GEMM per band beats nine GEMMs that each pass over the whole output:
+    /// UNet 1280 channels at 8 px, batch 3: 165 vs 69; at 16 px: 386 vs 281; 640 at 32 px:
+    /// 312 vs 284; 320 at 64 px: 300 vs 293; VAE 512 at 128 px: 1026 vs 997; VAE 1x1 convs:
+    /// 128 vs 81 (the im2col kernel runs those as one GEMM on the input itself).
     pub fn kernel_for(&self, x: &Tensor) -> Result<ConvKernel> {
         if !self.on_cpu_f32(x) {
             return Ok(ConvKernel::Candle);

@@ -121,13 +121,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
             .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op);
     }
     let split = |t: &Tensor, s: usize| t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous();
-    let (q, k, v) = (split(q, sq)?, split(k, sk)?, split(v, sk)?);
+    // The scale goes on q rather than on the scores: Sq x D products instead of Sq x Sk, and
+    // in half precision the unscaled q.k sums of wide heads (D = 512 in the VAE) could
+    // overflow f16 before the scale brought them back.
+    let (q, k, v) = (split(&(q * scale)?, sq)?, split(k, sk)?, split(v, sk)?);
     let kt = k.transpose(2, 3)?.contiguous()?;
     let mut outs = Vec::with_capacity(sq.div_ceil(QUERY_CHUNK));
     let mut start = 0;
     while start < sq {
         let len = QUERY_CHUNK.min(sq - start);
-        let scores = (q.narrow(2, start, len)?.matmul(&kt)? * scale)?;
+        let scores = q.narrow(2, start, len)?.matmul(&kt)?;
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         outs.push(probs.matmul(&v)?);
