@@ -257,7 +257,8 @@ impl ResnetBlock {
 
 /// The mid block's single-head self-attention over all H*W positions (diffusers' `Attention`
 /// built from a deprecated attention block): group norm, q/k/v projections, softmax attention
-/// scaled by 1/sqrt(C), output projection, residual.
+/// scaled by 1/sqrt(C), output projection, residual. The attention itself is the shared
+/// `ops::attention` with one head, which never holds the whole (H*W)^2 score matrix.
 #[derive(Debug)]
 struct MidAttention {
     norm: GroupNorm,
