@@ -11,24 +11,20 @@
 //! Scaling by `scaling_factor` / `shift_factor` / `latents_mean` is the pipelines' business, as
 //! in diffusers: `encode` returns the raw posterior and `decode` takes unscaled latents.
 
-mod conv;
-mod norm;
-
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::{read_json, Error, Result};
+use crate::ops::{self, Conv2d, ConvGeometry, GroupNorm};
 use crate::weights::{load_component, var_builder};
-use conv::{Conv2d, Geometry};
-use norm::GroupNorm;
 
 /// The encoder's stride-2 downsampling conv. It has no padding of its own: diffusers pads one
 /// zero row at the bottom and one column at the right only, so the windows stay aligned to the
 /// top-left corner (symmetric padding would shift every latent by half a pixel).
-const DOWNSAMPLE: Geometry = Geometry {
+const DOWNSAMPLE: ConvGeometry = ConvGeometry {
     kernel: 3,
     stride: 2,
     pad_before: 0,
@@ -37,10 +33,6 @@ const DOWNSAMPLE: Geometry = Geometry {
 
 /// diffusers builds every VAE resnet and attention norm with this epsilon.
 const NORM_EPS: f64 = 1e-6;
-
-/// The attention processes query rows in chunks so that one chunk's score matrix holds at most
-/// this many elements (32 MiB in f32): a 128x128 latent would otherwise need 16384² scores.
-const ATTENTION_CHUNK_ELEMENTS: usize = 1 << 23;
 
 /// The `vae/config.json` keys the model is built from. Defaults are those of diffusers'
 /// `AutoencoderKL.__init__`, so a config that omits a key means what it means there; keys that
@@ -204,11 +196,25 @@ impl DiagonalGaussian {
 }
 
 fn conv3x3(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, c_in, c_out, Geometry::same(3))
+    Ok(Conv2d::with_geometry(
+        vb,
+        c_in,
+        c_out,
+        ConvGeometry::same(3),
+    )?)
 }
 
 fn conv1x1(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, c_in, c_out, Geometry::same(1))
+    Ok(Conv2d::with_geometry(
+        vb,
+        c_in,
+        c_out,
+        ConvGeometry::same(1),
+    )?)
+}
+
+fn group_norm(vb: VarBuilder, groups: usize, channels: usize) -> Result<GroupNorm> {
+    Ok(GroupNorm::new(vb, groups, channels, NORM_EPS)?)
 }
 
 /// diffusers' `ResnetBlock2D` without time embedding: two norm-SiLU-conv stages plus a skip
@@ -229,9 +235,9 @@ impl ResnetBlock {
             false => None,
         };
         Ok(Self {
-            norm1: GroupNorm::new(vb.pp("norm1"), groups, c_in, NORM_EPS)?,
+            norm1: group_norm(vb.pp("norm1"), groups, c_in)?,
             conv1: conv3x3(vb.pp("conv1"), c_in, c_out)?,
-            norm2: GroupNorm::new(vb.pp("norm2"), groups, c_out, NORM_EPS)?,
+            norm2: group_norm(vb.pp("norm2"), groups, c_out)?,
             conv2: conv3x3(vb.pp("conv2"), c_out, c_out)?,
             shortcut,
         })
@@ -251,21 +257,15 @@ impl ResnetBlock {
 
 /// The mid block's single-head self-attention over all H*W positions (diffusers' `Attention`
 /// built from a deprecated attention block): group norm, q/k/v projections, softmax attention
-/// scaled by 1/sqrt(C), output projection, residual.
-///
-/// It works channels-first throughout: with the positions as columns of a (C, H*W) matrix,
-/// the projections are `W @ x` and no transposes of the activations are materialised.
+/// scaled by 1/sqrt(C), output projection, residual. The attention itself is the shared
+/// `ops::attention` with one head, which never holds the whole (H*W)^2 score matrix.
 #[derive(Debug)]
 struct MidAttention {
     norm: GroupNorm,
-    /// to_q, to_k and to_v stacked into one (3C, C) projection, the softmax scale folded into
-    /// the query rows, so one matmul makes all three.
-    qkv_weight: Tensor,
-    /// (3C, 1), broadcast over positions.
-    qkv_bias: Tensor,
-    out_weight: Tensor,
-    out_bias: Tensor,
-    channels: usize,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
 }
 
 /// Attention weight names: diffusers' current ones, and those of checkpoints saved by older
@@ -279,68 +279,27 @@ impl MidAttention {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         let legacy = !vb.contains_tensor("to_q.weight") && vb.contains_tensor("query.weight");
         let [q, k, v, out] = ATTENTION_NAMES[usize::from(legacy)];
-        let linear = |name: &str| -> Result<(Tensor, Tensor)> {
-            let vb = vb.pp(name);
-            Ok((
-                vb.get((channels, channels), "weight")?,
-                vb.get(channels, "bias")?,
-            ))
-        };
-        let scale = 1.0 / (channels as f64).sqrt();
-        let (wq, bq) = linear(q)?;
-        let (wk, bk) = linear(k)?;
-        let (wv, bv) = linear(v)?;
-        let (out_weight, out_bias) = linear(out)?;
+        let linear = |name: &str| candle_nn::linear(channels, channels, vb.pp(name));
         Ok(Self {
-            norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, NORM_EPS)?,
-            qkv_weight: Tensor::cat(&[(wq * scale)?, wk, wv], 0)?,
-            qkv_bias: Tensor::cat(&[(bq * scale)?, bk, bv], 0)?.unsqueeze(1)?,
-            out_weight,
-            out_bias: out_bias.unsqueeze(1)?,
-            channels,
+            norm: group_norm(vb.pp("group_norm"), groups, channels)?,
+            to_q: linear(q)?,
+            to_k: linear(k)?,
+            to_v: linear(v)?,
+            to_out: linear(out)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with_budget(x, ATTENTION_CHUNK_ELEMENTS)
-    }
-
-    /// The attention with at most about `chunk_elements` scores (whole batch) in memory at once.
-    fn forward_with_budget(&self, x: &Tensor, chunk_elements: usize) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let n = h * w;
-        let normed = self.norm.forward(x)?.reshape((b, c, n))?;
-        let qkv = self
-            .qkv_weight
-            .broadcast_left(b)?
-            .matmul(&normed)?
-            .broadcast_add(&self.qkv_bias)?;
-        let q = qkv.narrow(1, 0, c)?;
-        let k = qkv.narrow(1, c, c)?.contiguous()?;
-        let v = qkv.narrow(1, 2 * c, c)?.contiguous()?;
-        let rows = (chunk_elements / (b * n)).clamp(1, n);
-        let chunks = (0..n)
-            .step_by(rows)
-            .map(|start| self.attend(&q.narrow(2, start, rows.min(n - start))?, &k, &v))
-            .collect::<Result<Vec<_>>>()?;
-        let attended = Tensor::cat(&chunks, 2)?;
-        let out = self
-            .out_weight
-            .broadcast_left(b)?
-            .matmul(&attended)?
-            .broadcast_add(&self.out_bias)?;
-        Ok((out.reshape((b, self.channels, h, w))? + x)?)
-    }
-
-    /// Attention output (B, C, rows) for the query columns `q` (B, C, rows, pre-scaled).
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let scores = q.t()?.matmul(k)?; // (B, rows, N)
-                                        // Half-precision scores are softmaxed in f32, as diffusers' upcast_softmax asks.
-        let probs = match scores.dtype() {
-            DType::F32 | DType::F64 => candle_nn::ops::softmax_last_dim(&scores)?,
-            dt => candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dt)?,
-        };
-        Ok(v.matmul(&probs.t()?)?)
+        let (_, _, h, w) = x.dims4()?;
+        let tokens = ops::to_tokens(&self.norm.forward(x)?)?;
+        let attended = ops::attention(
+            &self.to_q.forward(&tokens)?,
+            &self.to_k.forward(&tokens)?,
+            &self.to_v.forward(&tokens)?,
+            1,
+        )?;
+        let out = ops::from_tokens(&self.to_out.forward(&attended)?, h, w)?;
+        Ok((out + x)?)
     }
 }
 
@@ -401,7 +360,7 @@ impl DownBlock {
             h = r.forward(&h)?;
         }
         match &self.downsample {
-            Some(conv) => conv.forward(&h),
+            Some(conv) => Ok(conv.forward(&h)?),
             None => Ok(h),
         }
     }
@@ -423,7 +382,7 @@ impl UpBlock {
         match &self.upsample {
             Some(conv) => {
                 let (_, _, height, width) = h.dims4()?;
-                conv.forward(&h.upsample_nearest2d(2 * height, 2 * width)?)
+                Ok(conv.forward(&h.upsample_nearest2d(2 * height, 2 * width)?)?)
             }
             None => Ok(h),
         }
@@ -453,7 +412,7 @@ impl Encoder {
                 let vb = vb.pp("down_blocks").pp(i);
                 let c_in = ch[i.saturating_sub(1)];
                 let downsample = match i + 1 < ch.len() {
-                    true => Some(Conv2d::new(
+                    true => Some(Conv2d::with_geometry(
                         vb.pp("downsamplers.0.conv"),
                         c_out,
                         c_out,
@@ -476,7 +435,7 @@ impl Encoder {
                 groups,
                 cfg.mid_block_add_attention,
             )?,
-            norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, last, NORM_EPS)?,
+            norm_out: group_norm(vb.pp("conv_norm_out"), groups, last)?,
             conv_out: conv3x3(vb.pp("conv_out"), last, 2 * cfg.latent_channels)?,
         })
     }
@@ -487,7 +446,7 @@ impl Encoder {
             h = block.forward(&h)?;
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+        Ok(self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?)
     }
 }
 
@@ -529,7 +488,7 @@ impl Decoder {
                 cfg.mid_block_add_attention,
             )?,
             up,
-            norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, first, NORM_EPS)?,
+            norm_out: group_norm(vb.pp("conv_norm_out"), groups, first)?,
             conv_out: conv3x3(vb.pp("conv_out"), first, cfg.out_channels)?,
         })
     }
@@ -540,7 +499,7 @@ impl Decoder {
         for block in &self.up {
             h = block.forward(&h)?;
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+        Ok(self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Hand-written CPU kernels for the operations where candle's generic CPU ops lose most of the
-//! time in a UNet call: attention (materialised score matrices, batched skinny matmuls),
-//! 3x3 convolution (im2col copies), and normalisation/activation chains (one memory pass per
-//! elementary op, single-threaded libm). Each is a candle custom op on f32 CPU storage; the
+//! time in a UNet call: attention (materialised score matrices, batched skinny matmuls) and
+//! normalisation/activation chains (one memory pass per elementary op, single-threaded libm).
+//! The convolution kernels live in `ops::conv`. Each is a candle custom op on f32 CPU storage; the
 //! callers in `ops` use the generic candle path for other devices and dtypes.
 
 use std::cell::RefCell;
@@ -27,7 +27,7 @@ impl OutPtr {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(d) => d,
         _ => candle_core::bail!("{what}: expected f32 storage"),
@@ -163,108 +163,6 @@ fn softmax_rows_unnormalised(scores: &mut [f32], width: usize) -> Vec<f32> {
             fast_math::sum_map(row, |x| x)
         })
         .collect()
-}
-
-/// 3x3 (any odd k x k), stride 1, "same" padding convolution without im2col: with the input
-/// zero-padded to (H+k-1) x (W+k-1), output pixel (y, x) of kernel tap (i, j) reads padded
-/// pixel (y+i, x+j), so computing the output over the padded width turns every tap into one
-/// plain strided matrix product (Cout x Cin) . (Cin x H*Wp) accumulated into the same
-/// destination. The k-1 extra columns per row are dropped at the end.
-pub struct SameConv {
-    pub kernel: usize,
-}
-
-impl CustomOp3 for SameConv {
-    fn name(&self) -> &'static str {
-        "tessera-same-conv"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-        bias: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (
-            f32_slice(x, xl, "conv input")?,
-            f32_slice(w, wl, "conv weight")?,
-        );
-        let bias = f32_slice(bias, bl, "conv bias")?;
-        let (b, cin, hh, ww) = xl.shape().dims4()?;
-        let (cout, wcin, kh, kw) = wl.shape().dims4()?;
-        let k = self.kernel;
-        if wcin != cin || kh != k || kw != k {
-            candle_core::bail!(
-                "same-conv: weight {:?} does not fit input {:?}",
-                wl.shape(),
-                xl.shape()
-            );
-        }
-        let pad = k / 2;
-        let (hp, wp) = (hh + 2 * pad, ww + 2 * pad);
-        // One spare row so the last tap's strided view stays inside the buffer.
-        let plane = hp * wp + 2 * pad;
-        let mut out = vec![0f32; b * cout * hh * ww];
-        let mut padded = vec![0f32; cin * plane];
-        let mut wide = vec![0f32; cout * hh * wp];
-        for bi in 0..b {
-            let xb = &x[bi * cin * hh * ww..(bi + 1) * cin * hh * ww];
-            padded
-                .par_chunks_mut(plane)
-                .zip(xb.par_chunks(hh * ww))
-                .for_each(|(p, src)| {
-                    for (y, row) in src.chunks_exact(ww).enumerate() {
-                        let at = (y + pad) * wp + pad;
-                        p[at..at + ww].copy_from_slice(row);
-                    }
-                });
-            for i in 0..k {
-                for j in 0..k {
-                    // SAFETY: lhs walks w[co][ci][i][j] (strides cin*k*k, k*k); rhs walks
-                    // padded[ci][shift + n] with shift + n < hp*wp + 2*pad = plane; dst is
-                    // cout x hh*wp.
-                    unsafe {
-                        gemm::gemm(
-                            cout,
-                            hh * wp,
-                            cin,
-                            wide.as_mut_ptr(),
-                            1,
-                            (hh * wp) as isize,
-                            i + j > 0,
-                            w.as_ptr().add(i * k + j),
-                            (k * k) as isize,
-                            (cin * k * k) as isize,
-                            padded.as_ptr().add(i * wp + j),
-                            1,
-                            plane as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::Rayon(0),
-                        );
-                    }
-                }
-            }
-            let ob = &mut out[bi * cout * hh * ww..(bi + 1) * cout * hh * ww];
-            ob.par_chunks_mut(hh * ww)
-                .zip(wide.par_chunks(hh * wp))
-                .zip(bias.par_iter())
-                .for_each(|((o, src), &bv)| {
-                    for (y, row) in o.chunks_exact_mut(ww).enumerate() {
-                        row.iter_mut()
-                            .zip(&src[y * wp..y * wp + ww])
-                            .for_each(|(o, &s)| *o = s + bv);
-                    }
-                });
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b, cout, hh, ww))))
-    }
 }
 
 /// GroupNorm (+ optional SiLU) in one pass per group, statistics in f64. Input `[B, C, ...]`,
