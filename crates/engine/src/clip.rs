@@ -443,42 +443,26 @@ fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{fixtures_dir, max_abs_diff};
     use std::collections::HashMap;
     use std::path::PathBuf;
 
     const TOLERANCE: f32 = 1e-5;
 
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-    }
-
     fn model_dir(rel: &str) -> PathBuf {
-        fixtures().join("diffusers-parity/models").join(rel)
+        fixtures_dir().join("diffusers-parity/models").join(rel)
     }
 
     /// A reference file written by tests/fixtures/clip/make_fixtures.py.
     fn expected(name: &str) -> HashMap<String, Tensor> {
-        let path = fixtures().join("clip").join(format!("{name}.safetensors"));
+        let path = fixtures_dir()
+            .join("clip")
+            .join(format!("{name}.safetensors"));
         candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
     }
 
     fn ids(exp: &HashMap<String, Tensor>) -> Tensor {
         exp["ids"].to_dtype(DType::U32).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        let a = a.to_dtype(DType::F32).unwrap();
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
@@ -559,7 +543,7 @@ mod tests {
     /// Config variants of the SD encoder: same weights, another activation or EOS rule.
     fn variant(name: &str) -> ClipTextModel {
         let config = ClipTextConfig::from_file(
-            &fixtures()
+            &fixtures_dir()
                 .join("clip/variants")
                 .join(name)
                 .join("config.json"),

@@ -15,4 +15,5 @@ pub mod device;
 pub mod image_io;
 pub mod ops;
 pub mod pipelines;
+pub mod testing;
 pub mod unet;

@@ -835,11 +835,7 @@ fn read_optional_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-    }
+    use crate::testing::fixtures_dir;
 
     /// tests/fixtures/tokenizer/expected.json, written by generate.py with transformers.
     #[derive(Deserialize)]
@@ -858,7 +854,7 @@ mod tests {
     }
 
     fn expected() -> Expected {
-        let path = fixtures().join("tokenizer/expected.json");
+        let path = fixtures_dir().join("tokenizer/expected.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -877,7 +873,7 @@ mod tests {
         let expected = expected();
         assert_eq!(expected.tokenizers.len(), 7);
         for reference in &expected.tokenizers {
-            let tok = ClipTokenizer::from_dir(&fixtures().join(&reference.dir)).unwrap();
+            let tok = ClipTokenizer::from_dir(&fixtures_dir().join(&reference.dir)).unwrap();
             assert_reproduces(&tok, reference, &expected.prompts);
         }
     }
@@ -887,7 +883,7 @@ mod tests {
         let expected = expected();
         let mut compared = 0;
         for reference in &expected.tokenizers {
-            let dir = fixtures().join(&reference.dir);
+            let dir = fixtures_dir().join(&reference.dir);
             if !dir.join("tokenizer.json").is_file() {
                 continue;
             }
@@ -919,7 +915,7 @@ mod tests {
 
     #[test]
     fn reproduces_the_diffusers_parity_case_tokens() {
-        let parity = fixtures().join("diffusers-parity");
+        let parity = fixtures_dir().join("diffusers-parity");
         let mut cases = 0;
         for entry in std::fs::read_dir(parity.join("cases")).unwrap() {
             let path = entry.unwrap().path();
@@ -953,7 +949,7 @@ mod tests {
     /// Copies the vocabulary of a fixture folder into a scratch folder to break things in.
     fn scratch_folder() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let source = fixtures().join("tokenizer/bare");
+        let source = fixtures_dir().join("tokenizer/bare");
         for file in ["vocab.json", "merges.txt"] {
             std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
         }

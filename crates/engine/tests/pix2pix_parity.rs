@@ -2,34 +2,16 @@
 //! (tests/fixtures/diffusers-parity/cases/pix2pix_*): once replaying the noise diffusers drew,
 //! once drawing it from the case's seed with the torch-compatible generator.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use tessera_engine::testing::{fixtures_dir, max_abs_diff};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde_json::Value;
 use tessera_engine::noise::{NoiseSource, ReplayNoise, TorchCpuNoise};
 use tessera_engine::pipelines::{self, EditParams};
 
 /// The bar; diffusers and we agree to about 1e-5 in practice.
 const TOLERANCE: f32 = 1e-3;
-
-fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 fn params(case: &Value) -> EditParams {
     let p = &case["params"];
@@ -44,7 +26,7 @@ fn params(case: &Value) -> EditParams {
 }
 
 fn run_case(set: &str, name: &str) {
-    let dir = fixture_dir(set);
+    let dir = fixtures_dir().join(set);
     let case: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("cases/{name}.json"))).unwrap(),
     )
@@ -72,8 +54,8 @@ fn run_case(set: &str, name: &str) {
         let out = pipe
             .run(&params(&case), &image, noise.as_mut(), &mut |_, _| {})
             .unwrap();
-        let latents = max_abs(&out.latents, &expected["latents"]);
-        let images = max_abs(&out.images, &expected["images"]);
+        let latents = max_abs_diff(&out.latents, &expected["latents"]);
+        let images = max_abs_diff(&out.images, &expected["images"]);
         eprintln!("{name} ({how}): latents {latents:e}, images {images:e}");
         assert!(
             images <= TOLERANCE,

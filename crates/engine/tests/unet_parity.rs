@@ -3,31 +3,16 @@
 //! linear projections, several transformer layers, odd latent sizes.
 
 use std::path::PathBuf;
+use tessera_engine::testing::{fixtures_dir, max_abs_diff};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use tessera_engine::unet::{AddedConditioning, UNet2DConditionModel};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 fn check(name: &str, dir: PathBuf) {
     let dev = Device::Cpu;
-    let refs = candle_core::safetensors::load(fixtures().join("unet/reference.safetensors"), &dev)
-        .unwrap();
+    let refs =
+        candle_core::safetensors::load(fixtures_dir().join("unet/reference.safetensors"), &dev)
+            .unwrap();
     let unet = UNet2DConditionModel::load(&dir, None, DType::F32, &dev).unwrap();
     for size in ["8x8", "10x8"] {
         let key = |k: &str| refs[&format!("{name}/{size}/{k}")].clone();
@@ -41,7 +26,7 @@ fn check(name: &str, dir: PathBuf) {
         let out = unet
             .forward(&key("sample"), t[0], &key("context"), added.as_ref())
             .unwrap();
-        let err = max_abs(&out, &key("out"));
+        let err = max_abs_diff(&out, &key("out"));
         eprintln!("{name} {size}: {err}");
         assert!(err < 1e-4, "{name} {size}: max abs error {err}");
     }
@@ -51,7 +36,7 @@ fn check(name: &str, dir: PathBuf) {
 fn pix2pix_unet_matches_diffusers() {
     check(
         "tiny-instruct-pix2pix",
-        fixtures().join("diffusers-parity/models/tiny-instruct-pix2pix/unet"),
+        fixtures_dir().join("diffusers-parity/models/tiny-instruct-pix2pix/unet"),
     );
 }
 
@@ -59,7 +44,7 @@ fn pix2pix_unet_matches_diffusers() {
 fn sd_unet_matches_diffusers() {
     check(
         "tiny-sd-img2img",
-        fixtures().join("diffusers-parity/models/tiny-sd-img2img/unet"),
+        fixtures_dir().join("diffusers-parity/models/tiny-sd-img2img/unet"),
     );
 }
 
@@ -67,7 +52,7 @@ fn sd_unet_matches_diffusers() {
 fn sdxl_unet_with_text_time_matches_diffusers() {
     check(
         "tiny-sdxl",
-        fixtures().join("diffusers-parity/models/tiny-sdxl/unet"),
+        fixtures_dir().join("diffusers-parity/models/tiny-sdxl/unet"),
     );
 }
 
@@ -75,18 +60,21 @@ fn sdxl_unet_with_text_time_matches_diffusers() {
 fn per_block_heads_and_linear_projection_match_diffusers() {
     check(
         "linear-two-layers",
-        fixtures().join("unet/models/linear-two-layers"),
+        fixtures_dir().join("unet/models/linear-two-layers"),
     );
 }
 
 #[test]
 fn per_block_transformer_layers_match_diffusers() {
-    check("three-blocks", fixtures().join("unet/models/three-blocks"));
+    check(
+        "three-blocks",
+        fixtures_dir().join("unet/models/three-blocks"),
+    );
 }
 
 #[test]
 fn missing_tensor_is_named() {
-    let dir = fixtures().join("diffusers-parity/models/tiny-instruct-pix2pix/unet");
+    let dir = fixtures_dir().join("diffusers-parity/models/tiny-instruct-pix2pix/unet");
     let cfg = tessera_engine::unet::UNetConfig::from_file(&dir.join("config.json")).unwrap();
     let mut map = tessera_engine::weights::load_component(
         &dir,

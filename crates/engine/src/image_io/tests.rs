@@ -1,23 +1,20 @@
 //! Checks against Pillow and diffusers: the reference data is written by
 //! tests/fixtures/image_io/make_fixtures.py, and the pipeline fixtures' final images.
 
+use crate::testing::fixtures_dir;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn parity_input(name: &str) -> PathBuf {
-    fixtures().join(format!("diffusers-parity/inputs/{name}.png"))
+    fixtures_dir().join(format!("diffusers-parity/inputs/{name}.png"))
 }
 
 fn load(name: &str) -> HashMap<String, Tensor> {
-    let path = fixtures().join("image_io").join(name);
+    let path = fixtures_dir().join("image_io").join(name);
     candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -148,7 +145,7 @@ fn decode_converts_to_rgb_as_pillow() {
     let refs = load("convert.safetensors");
     assert!(refs.len() >= 24, "fixtures missing: {}", refs.len());
     for (file, want) in &refs {
-        let got = read(&fixtures().join("image_io/convert").join(file))
+        let got = read(&fixtures_dir().join("image_io/convert").join(file))
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         let want = image_of(want);
         if file.ends_with(".jpg") {
@@ -195,7 +192,7 @@ fn a_truncated_png_is_invalid_input_saying_so() {
 fn a_truncated_jpeg_is_refused_as_pillow_refuses_it() {
     // libjpeg and zune-jpeg both fill a cut-off scan with grey; Pillow raises instead (checked
     // with Pillow 13 for these cuts).
-    let bytes = std::fs::read(fixtures().join("image_io/convert/photo_420.jpg")).unwrap();
+    let bytes = std::fs::read(fixtures_dir().join("image_io/convert/photo_420.jpg")).unwrap();
     for cut in [bytes.len() / 2, bytes.len() - 5, 300] {
         let msg = invalid_input_message(decode(&bytes[..cut]));
         assert_eq!(msg, "the JPEG image is truncated");
@@ -281,7 +278,7 @@ fn to_unit_nhwc_denormalises_clamps_and_moves_channels_last() {
 
 #[test]
 fn to_rgb8_matches_the_pipeline_fixtures_pngs() {
-    let cases = fixtures().join("diffusers-parity/cases");
+    let cases = fixtures_dir().join("diffusers-parity/cases");
     let mut checked = 0;
     for entry in std::fs::read_dir(&cases).unwrap() {
         let path = entry.unwrap().path();

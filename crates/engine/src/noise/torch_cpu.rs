@@ -85,13 +85,10 @@ impl NoiseSource for TorchCpuNoise {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::*;
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-    }
+    use crate::testing::fixtures_dir;
 
     fn load(path: &Path) -> BTreeMap<String, Tensor> {
         candle_core::safetensors::load(path, &Device::Cpu)
@@ -133,7 +130,7 @@ mod tests {
     /// `torch_cpu_randn.safetensors`: one fresh generator per `seed{S}_{dims}` tensor.
     #[test]
     fn noise_torch_cpu_matches_parity_randn_fixture() {
-        let refs = load(&fixtures().join("diffusers-parity/torch_cpu_randn.safetensors"));
+        let refs = load(&fixtures_dir().join("diffusers-parity/torch_cpu_randn.safetensors"));
         assert!(!refs.is_empty());
         for (name, want) in &refs {
             let (seed, shape) = name
@@ -148,7 +145,7 @@ mod tests {
     /// Every parity case's recorded noise, drawn in order from one generator per case.
     #[test]
     fn noise_torch_cpu_matches_every_case_noise() {
-        let cases = fixtures().join("diffusers-parity/cases");
+        let cases = fixtures_dir().join("diffusers-parity/cases");
         let mut checked = 0;
         for entry in std::fs::read_dir(&cases).unwrap() {
             let path = entry.unwrap().path();
@@ -181,7 +178,7 @@ mod tests {
     /// generator drawing numel 1, 7, 15, 16, 17, 33, 1000, ... in turn.
     #[test]
     fn noise_torch_cpu_matches_successive_draw_sequences() {
-        let refs = load(&fixtures().join("noise/torch_randn_sequences.safetensors"));
+        let refs = load(&fixtures_dir().join("noise/torch_randn_sequences.safetensors"));
         let mut by_seed: BTreeMap<u64, BTreeMap<usize, (String, Tensor)>> = BTreeMap::new();
         for (name, t) in refs {
             let mut parts = name.strip_prefix('s').unwrap().splitn(3, '_');

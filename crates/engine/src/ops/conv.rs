@@ -235,6 +235,7 @@ impl candle_core::Module for Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff;
 
     fn random(shape: &[usize], dtype: DType) -> Tensor {
         Tensor::randn(0f32, 1f32, shape, &Device::Cpu)
@@ -250,20 +251,6 @@ mod tests {
             bias: random(&[cout], DType::F32),
             geometry,
         }
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// candle's conv2d in f64: the reference the f32 kernels are held to.

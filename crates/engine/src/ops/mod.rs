@@ -167,19 +167,7 @@ pub fn from_tokens(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::testing::max_abs_diff;
 
     /// The fused CPU kernels against the generic candle path (run in f64 as the reference).
     #[test]
@@ -198,9 +186,9 @@ mod tests {
                 gn64.norm(&x64, silu).unwrap().to_dtype(DType::F32).unwrap(),
             );
             assert!(
-                max_abs(&a, &b) < 1e-5,
+                max_abs_diff(&a, &b) < 1e-5,
                 "group norm silu={silu}: {}",
-                max_abs(&a, &b)
+                max_abs_diff(&a, &b)
             );
         }
 
@@ -216,9 +204,9 @@ mod tests {
             .to_dtype(DType::F32)
             .unwrap();
         assert!(
-            max_abs(&fused, &plain) < 1e-5,
+            max_abs_diff(&fused, &plain) < 1e-5,
             "attention: {}",
-            max_abs(&fused, &plain)
+            max_abs_diff(&fused, &plain)
         );
 
         let g = Tensor::randn(0f32, 2.0, (3, 5, 40), &dev).unwrap();
@@ -228,9 +216,9 @@ mod tests {
             .to_dtype(DType::F32)
             .unwrap();
         assert!(
-            max_abs(&fused, &plain) < 1e-5,
+            max_abs_diff(&fused, &plain) < 1e-5,
             "geglu: {}",
-            max_abs(&fused, &plain)
+            max_abs_diff(&fused, &plain)
         );
     }
 
@@ -252,7 +240,7 @@ mod tests {
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        let diff = max_abs(&fused, &plain);
+        let diff = max_abs_diff(&fused, &plain);
         assert!(diff < 1e-5, "attention: {diff}");
     }
 }

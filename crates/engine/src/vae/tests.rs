@@ -2,6 +2,7 @@
 //! and tests/fixtures/vae, see make_vae_fixtures.py there), and the errors a broken model
 //! folder must produce.
 
+use crate::testing::{fixtures_dir, max_abs_diff};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -12,12 +13,8 @@ use crate::weights::TensorMap;
 
 const TOLERANCE: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn parity_model(name: &str) -> PathBuf {
-    fixtures().join("diffusers-parity").join(name)
+    fixtures_dir().join("diffusers-parity").join(name)
 }
 
 fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
@@ -28,20 +25,6 @@ fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
 fn load_vae(dir: &Path) -> AutoencoderKl {
     AutoencoderKl::load(dir, None, DType::F32, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn assert_close(what: &str, got: &Tensor, expected: &Tensor) {
@@ -64,7 +47,7 @@ fn to_images(decoded: &Tensor) -> Tensor {
 
 #[test]
 fn decode_matches_every_parity_case() {
-    let cases = fixtures().join("diffusers-parity/cases");
+    let cases = fixtures_dir().join("diffusers-parity/cases");
     let mut vaes: HashMap<String, AutoencoderKl> = HashMap::new();
     let mut checked = 0;
     for entry in std::fs::read_dir(&cases).unwrap() {
@@ -97,7 +80,7 @@ fn decode_matches_every_parity_case() {
 
 #[test]
 fn encode_matches_diffusers_on_parity_models() {
-    let expected = load_tensors(&fixtures().join("vae/encode.safetensors"));
+    let expected = load_tensors(&fixtures_dir().join("vae/encode.safetensors"));
     for model in ["tiny-instruct-pix2pix", "tiny-sd-img2img", "tiny-sdxl"] {
         let vae = load_vae(&parity_model(&format!("models/{model}/vae")));
         assert_eq!(vae.scale_factor(), 8);
@@ -125,7 +108,7 @@ fn encode_matches_diffusers_on_parity_models() {
 
 #[test]
 fn sample_is_mean_plus_std_times_noise() {
-    let expected = load_tensors(&fixtures().join("vae/encode.safetensors"));
+    let expected = load_tensors(&fixtures_dir().join("vae/encode.safetensors"));
     let vae = load_vae(&parity_model("models/tiny-sd-img2img/vae"));
     let posterior = vae.encode(&expected["input_wide"]).unwrap();
     let sample = posterior.sample(&expected["sample_noise"]).unwrap();
@@ -138,10 +121,10 @@ fn sample_is_mean_plus_std_times_noise() {
 /// block, 8 groups, legacy attention weight names; no attention and no quant convs.
 #[test]
 fn other_architectures_match_diffusers() {
-    let expected = load_tensors(&fixtures().join("vae/models.safetensors"));
-    let inputs = load_tensors(&fixtures().join("vae/encode.safetensors"));
+    let expected = load_tensors(&fixtures_dir().join("vae/models.safetensors"));
+    let inputs = load_tensors(&fixtures_dir().join("vae/encode.safetensors"));
     for (model, scale) in [("legacy-shortcut", 4), ("plain", 2)] {
-        let vae = load_vae(&fixtures().join("vae/models").join(model));
+        let vae = load_vae(&fixtures_dir().join("vae/models").join(model));
         assert_eq!(vae.scale_factor(), scale);
         for image in ["square", "wide", "odd"] {
             let posterior = vae.encode(&inputs[&format!("input_{image}")]).unwrap();
@@ -167,7 +150,8 @@ fn other_architectures_match_diffusers() {
         );
     }
     let legacy =
-        VaeConfig::from_file(&fixtures().join("vae/models/legacy-shortcut/config.json")).unwrap();
+        VaeConfig::from_file(&fixtures_dir().join("vae/models/legacy-shortcut/config.json"))
+            .unwrap();
     assert_eq!(
         (
             legacy.scaling_factor,

@@ -1,0 +1,21 @@
+//! Helpers for tests, here and in the crates built on the engine: where the reference
+//! fixtures are, and how far apart two tensors are.
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+/// The repository's `tests/fixtures` folder.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Largest absolute element-wise difference (computed in f32). Panics, naming both shapes,
+/// when the shapes differ: a test comparing tensors wants to fail loudly there.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "comparing tensors of different shapes");
+    let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32).expect("f32 conversion");
+    (f32(a) - f32(b))
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("difference of two tensors on one device")
+}
