@@ -74,8 +74,9 @@ pub struct UNetConfig {
     pub num_attention_heads: Option<PerBlock>,
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// Softmax in f32 for half-precision models (SD 2.1). Real configs also say `null`.
     #[serde(default)]
-    pub upcast_attention: bool,
+    pub upcast_attention: Option<bool>,
     #[serde(default = "d_onef")]
     pub resnet_out_scale_factor: f64,
     pub addition_embed_type: Option<String>,
@@ -342,5 +343,38 @@ fn block_kind_up(t: &str) -> Option<BlockKind> {
         "UpBlock2D" => Some(BlockKind::Plain),
         "CrossAttnUpBlock2D" => Some(BlockKind::CrossAttn),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> std::result::Result<UNetConfig, String> {
+        let text = format!(
+            r#"{{"down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+                "block_out_channels": [32, 64] {extra}}}"#
+        );
+        let cfg: UNetConfig = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        cfg.check().map(|_| cfg)
+    }
+
+    #[test]
+    fn real_config_values_parse() {
+        // SDXL base ships `"upcast_attention": null`.
+        assert!(parse(r#", "upcast_attention": null"#).is_ok());
+        assert!(parse(r#", "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816"#).is_ok());
+    }
+
+    #[test]
+    fn unsupported_options_are_named() {
+        let e = parse(r#", "class_embed_type": "timestep""#).unwrap_err();
+        assert!(e.contains("class_embed_type"), "{e}");
+        let e = parse(r#", "addition_embed_type": "text_time""#).unwrap_err();
+        assert!(e.contains("addition_time_embed_dim"), "{e}");
+        let e = parse(r#", "addition_embed_type": "image""#).unwrap_err();
+        assert!(e.contains("'image'"), "{e}");
+        let e = parse(r#", "attention_head_dim": [8, 8, 8]"#).unwrap_err();
+        assert!(e.contains("3 entries"), "{e}");
     }
 }
