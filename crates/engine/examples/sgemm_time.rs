@@ -12,5 +12,9 @@ fn main() {
         let _ = a.matmul(&b).unwrap();
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
-    println!("sgemm {m}x{k} @ {k}x{n}: {:.1} ms, {:.0} GFLOP/s", dt * 1e3, 2.0 * (m * k * n) as f64 / dt / 1e9);
+    println!(
+        "sgemm {m}x{k} @ {k}x{n}: {:.1} ms, {:.0} GFLOP/s",
+        dt * 1e3,
+        2.0 * (m * k * n) as f64 / dt / 1e9
+    );
 }

@@ -89,7 +89,9 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 pub fn load_files(files: &[PathBuf], device: &Device) -> Result<TensorMap> {
     let mut map = TensorMap::new();
     for f in files {
-        let bad = |e: candle_core::Error| Error::Model(format!("cannot read weights {}: {e}", f.display()));
+        let bad = |e: candle_core::Error| {
+            Error::Model(format!("cannot read weights {}: {e}", f.display()))
+        };
         // SAFETY: the mapping is read while this function runs and dropped before it returns;
         // model files are not rewritten in place while a model loads (downloads write new blobs).
         let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(bad)?;
