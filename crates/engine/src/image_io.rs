@@ -56,6 +56,11 @@ impl RgbImage {
 /// expanded, 16-bit samples reduced to their high byte except 16-bit grey, which Pillow
 /// clips to 255. Lossy WebP decodes exactly as Pillow's libwebp; JPEG goes through
 /// zune-jpeg, not libjpeg-turbo, and differs from Pillow by a few levels on some pixels.
+/// The largest width or height `decode` accepts. Checked from the header before any pixel is
+/// decoded, so a 50000x50000 PNG (a decompression bomb) is refused at once instead of asking
+/// for gigabytes. Services set tighter limits of their own.
+pub const MAX_DECODED_SIDE: u32 = 8192;
+
 pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     let format = image::guess_format(bytes).map_err(|_| {
         Error::InvalidInput(
@@ -66,6 +71,14 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     })?;
     if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
         return Err(Error::InvalidInput("the JPEG image is truncated".into()));
+    }
+    let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| decode_error(format, e))?;
+    if width > MAX_DECODED_SIDE || height > MAX_DECODED_SIDE {
+        return Err(Error::InvalidInput(format!(
+            "image is {width}x{height}; the largest accepted is {MAX_DECODED_SIDE}x{MAX_DECODED_SIDE}"
+        )));
     }
     let image = image::ImageReader::with_format(Cursor::new(bytes), format)
         .decode()

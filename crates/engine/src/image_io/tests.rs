@@ -311,3 +311,17 @@ fn to_rgb8_rounds_half_to_even_like_numpy() {
     assert_eq!(imgs[0].data, [126, 2, 0]);
     assert_eq!(imgs[1].data, [254, 255, 0]);
 }
+
+#[test]
+fn oversized_image_is_refused_from_its_header() {
+    // A valid PNG header claiming 50000x50000 (tests/fixtures/image_io/huge_header.png):
+    // decoding it would need 7.5 GB; it must fail at once with the sizes in the message.
+    let bytes = std::fs::read(fixtures_dir().join("image_io/huge_header.png")).unwrap();
+    let started = std::time::Instant::now();
+    let err = decode(&bytes).unwrap_err().to_string();
+    assert!(
+        err.contains("50000x50000") && err.contains("8192x8192"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
