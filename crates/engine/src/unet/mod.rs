@@ -66,7 +66,7 @@ impl UNet2DConditionModel {
         let n = ch.len();
         let temb = cfg.time_embed_dim();
         let (kin, kout) = (cfg.conv_in_kernel, cfg.conv_out_kernel);
-        let conv_in = resnet::conv(vb.pp("conv_in"), cfg.in_channels, ch[0], kin, 1, kin / 2)?;
+        let conv_in = Conv2d::new(vb.pp("conv_in"), cfg.in_channels, ch[0], kin, 1, kin / 2)?;
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
         let text_time = match (
             cfg.addition_time_embed_dim,
@@ -126,7 +126,7 @@ impl UNet2DConditionModel {
             ch[0],
             cfg.norm_eps,
         )?;
-        let conv_out = resnet::conv(
+        let conv_out = Conv2d::new(
             vb.pp("conv_out"),
             ch[0],
             cfg.out_channels,

@@ -5,17 +5,6 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::ops::{Conv2d, GroupNorm};
 
-pub fn conv(
-    vb: VarBuilder,
-    cin: usize,
-    cout: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Conv2d> {
-    Conv2d::new(vb, cin, cout, kernel, stride, padding)
-}
-
 /// norm1 -> silu -> conv1 -> + time embedding -> norm2 -> silu -> conv2, plus the (1x1
 /// projected when channels change) input, divided by `output_scale_factor`.
 #[derive(Debug)]
@@ -42,19 +31,19 @@ pub struct ResnetSpec {
 impl ResnetBlock {
     pub fn new(vb: VarBuilder, s: &ResnetSpec) -> Result<Self> {
         let shortcut = if s.cin != s.cout {
-            Some(conv(vb.pp("conv_shortcut"), s.cin, s.cout, 1, 1, 0)?)
+            Some(Conv2d::new(vb.pp("conv_shortcut"), s.cin, s.cout, 1, 1, 0)?)
         } else {
             None
         };
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), s.groups, s.cin, s.eps)?,
-            conv1: conv(vb.pp("conv1"), s.cin, s.cout, 3, 1, 1)?,
+            conv1: Conv2d::new(vb.pp("conv1"), s.cin, s.cout, 3, 1, 1)?,
             time_emb_proj: s
                 .temb
                 .map(|t| candle_nn::linear(t, s.cout, vb.pp("time_emb_proj")))
                 .transpose()?,
             norm2: GroupNorm::new(vb.pp("norm2"), s.groups, s.cout, s.eps)?,
-            conv2: conv(vb.pp("conv2"), s.cout, s.cout, 3, 1, 1)?,
+            conv2: Conv2d::new(vb.pp("conv2"), s.cout, s.cout, 3, 1, 1)?,
             shortcut,
             output_scale_factor: s.output_scale_factor,
         })
@@ -86,7 +75,7 @@ pub struct Downsample(Conv2d);
 
 impl Downsample {
     pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
-        Ok(Self(conv(
+        Ok(Self(Conv2d::new(
             vb.pp("conv"),
             channels,
             channels,
@@ -108,7 +97,14 @@ pub struct Upsample(Conv2d);
 
 impl Upsample {
     pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
-        Ok(Self(conv(vb.pp("conv"), channels, channels, 3, 1, 1)?))
+        Ok(Self(Conv2d::new(
+            vb.pp("conv"),
+            channels,
+            channels,
+            3,
+            1,
+            1,
+        )?))
     }
 
     pub fn forward(&self, x: &Tensor, size: (usize, usize)) -> Result<Tensor> {

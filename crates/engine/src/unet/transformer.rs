@@ -140,7 +140,7 @@ impl SpatialTransformer {
             Ok(if s.linear_projection {
                 Projection::Linear(candle_nn::linear(c, c, vb.pp(name))?)
             } else {
-                Projection::Conv(super::resnet::conv(vb.pp(name), c, c, 1, 1, 0)?)
+                Projection::Conv(Conv2d::new(vb.pp(name), c, c, 1, 1, 0)?)
             })
         };
         let blocks = (0..s.layers)
