@@ -19,3 +19,18 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
         .expect("difference of two tensors on one device")
 }
+
+/// The names of the diffusers parity cases (`tests/fixtures/diffusers-parity/cases/NAME.json`),
+/// sorted. Panics if the folder cannot be read: every parity test needs it.
+pub fn parity_case_names() -> Vec<String> {
+    let cases = fixtures_dir().join("diffusers-parity/cases");
+    let entries = std::fs::read_dir(&cases).unwrap_or_else(|e| panic!("{}: {e}", cases.display()));
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".json").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}

@@ -835,7 +835,7 @@ fn read_optional_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::fixtures_dir;
+    use crate::testing::{fixtures_dir, parity_case_names};
 
     /// tests/fixtures/tokenizer/expected.json, written by generate.py with transformers.
     #[derive(Deserialize)]
@@ -917,11 +917,8 @@ mod tests {
     fn reproduces_the_diffusers_parity_case_tokens() {
         let parity = fixtures_dir().join("diffusers-parity");
         let mut cases = 0;
-        for entry in std::fs::read_dir(parity.join("cases")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
+        for name in parity_case_names() {
+            let path = parity.join("cases").join(format!("{name}.json"));
             let case: Case =
                 serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             let model = parity.join(&case.model);

@@ -88,7 +88,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::testing::fixtures_dir;
+    use crate::testing::{fixtures_dir, parity_case_names};
 
     fn load(path: &Path) -> BTreeMap<String, Tensor> {
         candle_core::safetensors::load(path, &Device::Cpu)
@@ -147,17 +147,8 @@ mod tests {
     fn noise_torch_cpu_matches_every_case_noise() {
         let cases = fixtures_dir().join("diffusers-parity/cases");
         let mut checked = 0;
-        for entry in std::fs::read_dir(&cases).unwrap() {
-            let path = entry.unwrap().path();
-            let Some(case) = path
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .strip_suffix(".json")
-            else {
-                continue;
-            };
+        for case in parity_case_names() {
+            let path = cases.join(format!("{case}.json"));
             let meta: serde_json::Value = crate::error::read_json(&path).unwrap();
             let mut noise = TorchCpuNoise::new(meta["seed"].as_u64().unwrap());
             let draws = load(&cases.join(format!("{case}.noise.safetensors")));

@@ -2,7 +2,7 @@
 //! and tests/fixtures/vae, see make_vae_fixtures.py there), and the errors a broken model
 //! folder must produce.
 
-use crate::testing::{fixtures_dir, max_abs_diff};
+use crate::testing::{fixtures_dir, max_abs_diff, parity_case_names};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -50,17 +50,8 @@ fn decode_matches_every_parity_case() {
     let cases = fixtures_dir().join("diffusers-parity/cases");
     let mut vaes: HashMap<String, AutoencoderKl> = HashMap::new();
     let mut checked = 0;
-    for entry in std::fs::read_dir(&cases).unwrap() {
-        let path = entry.unwrap().path();
-        let Some(name) = path
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .strip_suffix(".json")
-        else {
-            continue;
-        };
+    for name in parity_case_names() {
+        let path = cases.join(format!("{name}.json"));
         let case: serde_json::Value = read_json(&path).unwrap();
         let model = case["model"].as_str().unwrap().to_string();
         let vae = vaes
@@ -72,7 +63,7 @@ fn decode_matches_every_parity_case() {
         let expected = load_tensors(&cases.join(format!("{name}.expected.safetensors")));
         let latents = (&expected["latents"] / vae.config().scaling_factor).unwrap();
         let images = to_images(&vae.decode(&latents).unwrap());
-        assert_close(name, &images, &expected["images"]);
+        assert_close(&name, &images, &expected["images"]);
         checked += 1;
     }
     assert!(checked >= 9, "only {checked} parity cases found");
