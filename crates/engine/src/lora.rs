@@ -1,0 +1,1 @@
+//! LoRA adapters: not written yet (issue 5).

@@ -1,0 +1,2 @@
+//! The NSFW safety checker (diffusers' `StableDiffusionSafetyChecker`): not written yet
+//! (issue 6).
