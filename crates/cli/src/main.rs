@@ -3,6 +3,7 @@
 mod bench;
 mod edit;
 mod random_model;
+mod runner;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Serve a warm model over HTTP (ai-runner's API).
     Serve(serve::ServeArgs),
+    /// One model behind ai-runner's API: a drop-in for its image-to-image container.
+    Runner(runner::RunnerArgs),
     /// Edit one local image with a diffusion model (no server).
     Edit(Box<edit::EditArgs>),
     /// Time the engine's components on random-weight real-size architectures.
@@ -34,7 +37,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A server logs what it does (listening, model loaded, requests); one-shot commands keep
     // stderr for their progress bar and errors. RUST_LOG overrides both.
-    let default_level = if matches!(cli.command, Command::Serve(_)) {
+    let default_level = if matches!(cli.command, Command::Serve(_) | Command::Runner(_)) {
         "info"
     } else {
         "warn"
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
+        Command::Runner(a) => runner::run(a),
         Command::Edit(a) => edit::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),

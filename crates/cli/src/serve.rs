@@ -37,6 +37,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         port: a.port,
         auth_token: a.auth_token,
         device: a.device,
+        ..RunnerConfig::default()
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
