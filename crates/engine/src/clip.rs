@@ -362,6 +362,11 @@ impl ClipTextModel {
         &self.config
     }
 
+    /// Whether the model projects its pooled output (`text_embeds`).
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
+    }
+
     /// ids: integer token ids [batch, seq] (u32), seq at most `max_position_embeddings`.
     /// Attention is causal only: diffusers passes no padding mask for SD/SDXL, so padding
     /// tokens after EOS do not change the states before them.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::clip::{ClipTextModel, ClipTextOutput};
+use crate::clip::{ClipTextConfig, ClipTextModel, ClipTextOutput};
 use crate::error::Result;
 use crate::tokenizer::ClipTokenizer;
 
@@ -28,6 +28,14 @@ impl TextEncoder {
             model: ClipTextModel::load(&root.join(encoder_dir), None, dtype, device)?,
             device: device.clone(),
         })
+    }
+
+    pub fn config(&self) -> &ClipTextConfig {
+        self.model.config()
+    }
+
+    pub fn has_projection(&self) -> bool {
+        self.model.has_projection()
     }
 
     /// Encodes the prompts as one batch (padded to the tokenizer's max length, truncated).
