@@ -19,7 +19,7 @@ pub struct Conditioning {
 
 pub enum Conditioner {
     Sd(TextEncoder),
-    Sdxl(Sdxl),
+    Sdxl(Box<Sdxl>),
 }
 
 /// SDXL's text side. The first encoder is absent in refiner-style repositories, which
@@ -88,12 +88,12 @@ impl Conditioner {
                 dir.display()
             )));
         }
-        Ok(Self::Sdxl(Sdxl {
+        Ok(Self::Sdxl(Box::new(Sdxl {
             first,
             second,
             force_zeros: index.force_zeros_for_empty_prompt,
             requires_aesthetics_score: index.requires_aesthetics_score,
-        }))
+        })))
     }
 
     /// Fails at load time, naming the folder, when the UNet expects other conditioning than
