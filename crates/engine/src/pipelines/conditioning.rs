@@ -18,7 +18,7 @@ pub struct Conditioning {
 }
 
 pub enum Conditioner {
-    Sd(TextEncoder),
+    Sd(Box<TextEncoder>),
     Sdxl(Box<Sdxl>),
 }
 
@@ -53,13 +53,13 @@ const AESTHETIC_SCORES: (f64, f64) = (6.0, 2.5);
 
 impl Conditioner {
     pub fn load_sd(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        Ok(Self::Sd(TextEncoder::load(
+        Ok(Self::Sd(Box::new(TextEncoder::load(
             dir,
             "tokenizer",
             "text_encoder",
             device,
             dtype,
-        )?))
+        )?)))
     }
 
     pub fn load_sdxl(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
