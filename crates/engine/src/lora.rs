@@ -53,8 +53,5 @@ fn incompatible(id: &str) -> Error {
 /// to the caller, as in ai-runner; without its second period.
 fn unloadable(id: &str, reason: &str) -> Error {
     tracing::warn!(lora = %quoted(id), reason, "cannot load LoRA");
-    Error::InvalidInput(format!(
-        "Unable to load LoRas for adapter '{}'",
-        quoted(id)
-    ))
+    Error::InvalidInput(format!("Unable to load LoRas for adapter '{}'", quoted(id)))
 }

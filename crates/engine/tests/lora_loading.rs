@@ -40,7 +40,11 @@ fn repo_with(cache: &Path, id: &str, files: &[&str]) {
 #[test]
 fn a_repository_with_one_weights_file_resolves_to_it() {
     let cache = tempfile::tempdir().unwrap();
-    repo_with(cache.path(), "org/style", &["my_style.safetensors", "README.txt"]);
+    repo_with(
+        cache.path(),
+        "org/style",
+        &["my_style.safetensors", "README.txt"],
+    );
     let path = resolve_lora(&offline_store(cache.path()), "org/style").unwrap();
     assert!(path.ends_with("my_style.safetensors"), "{}", path.display());
 }
@@ -51,7 +55,11 @@ fn among_several_files_the_conventional_name_wins() {
     repo_with(
         cache.path(),
         "org/style",
-        &["a.safetensors", "pytorch_lora_weights.safetensors", "optimizer.safetensors"],
+        &[
+            "a.safetensors",
+            "pytorch_lora_weights.safetensors",
+            "optimizer.safetensors",
+        ],
     );
     let path = resolve_lora(&offline_store(cache.path()), "org/style").unwrap();
     assert!(path.ends_with("pytorch_lora_weights.safetensors"));
@@ -60,7 +68,11 @@ fn among_several_files_the_conventional_name_wins() {
 #[test]
 fn several_unconventional_files_are_an_error_naming_them() {
     let cache = tempfile::tempdir().unwrap();
-    repo_with(cache.path(), "org/style", &["b.safetensors", "a.safetensors"]);
+    repo_with(
+        cache.path(),
+        "org/style",
+        &["b.safetensors", "a.safetensors"],
+    );
     let m = message(resolve_lora(&offline_store(cache.path()), "org/style"));
     assert_eq!(
         m,
@@ -74,10 +86,19 @@ fn several_unconventional_files_are_an_error_naming_them() {
 fn missing_loras_are_not_found() {
     let cache = tempfile::tempdir().unwrap();
     let store = offline_store(cache.path());
-    assert_eq!(message(resolve_lora(&store, "org/nothing")), "LoRa repository 'org/nothing' not found");
+    assert_eq!(
+        message(resolve_lora(&store, "org/nothing")),
+        "LoRa repository 'org/nothing' not found"
+    );
     let missing = cache.path().join("gone.safetensors").display().to_string();
-    assert_eq!(message(resolve_lora(&store, &missing)), format!("LoRa repository '{missing}' not found"));
-    assert_eq!(message(resolve_lora(&store, "/etc/passwd")), "LoRa repository '/etc/passwd' not found");
+    assert_eq!(
+        message(resolve_lora(&store, &missing)),
+        format!("LoRa repository '{missing}' not found")
+    );
+    assert_eq!(
+        message(resolve_lora(&store, "/etc/passwd")),
+        "LoRa repository '/etc/passwd' not found"
+    );
 }
 
 #[test]
@@ -91,11 +112,17 @@ fn unsafe_ids_are_refused_before_any_path_is_built() {
 fn a_local_file_is_used_as_it_is() {
     let cache = tempfile::tempdir().unwrap();
     let id = fixture_lora().display().to_string();
-    assert_eq!(resolve_lora(&offline_store(cache.path()), &id).unwrap(), fixture_lora());
+    assert_eq!(
+        resolve_lora(&offline_store(cache.path()), &id).unwrap(),
+        fixture_lora()
+    );
 }
 
 fn write(dir: &Path, name: &str, tensors: &[(&str, Tensor)]) -> PathBuf {
-    let map: TensorMap = tensors.iter().map(|(k, t)| (k.to_string(), t.clone())).collect();
+    let map: TensorMap = tensors
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.clone()))
+        .collect();
     let path = dir.join(name);
     candle_core::safetensors::save(&map, &path).unwrap();
     path
@@ -110,7 +137,11 @@ fn unreadable_files_are_unable_to_load() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not a safetensors file at all").unwrap();
-    let unknown = write(dir.path(), "unknown.safetensors", &[("model.diffusion_model.w", ones(&[2, 2]))]);
+    let unknown = write(
+        dir.path(),
+        "unknown.safetensors",
+        &[("model.diffusion_model.w", ones(&[2, 2]))],
+    );
     let half = write(
         dir.path(),
         "half.safetensors",
@@ -127,7 +158,12 @@ fn unreadable_files_are_unable_to_load() {
     let empty = write(dir.path(), "empty.safetensors", &[]);
     for path in [garbage, unknown, half, bad_rank, empty] {
         let m = message(LoraAdapter::from_file("org/broken", &path));
-        assert_eq!(m, "Unable to load LoRas for adapter 'org/broken'", "{}", path.display());
+        assert_eq!(
+            m,
+            "Unable to load LoRas for adapter 'org/broken'",
+            "{}",
+            path.display()
+        );
     }
 }
 
@@ -148,9 +184,14 @@ fn the_cache_keeps_the_twelve_most_recently_used() {
         cache.get_or_load(&store, id).unwrap();
     }
     // A hit hands out the same adapter and makes it the most recently used...
-    assert!(Arc::ptr_eq(&first, &cache.get_or_load(&store, &ids[0]).unwrap()));
+    assert!(Arc::ptr_eq(
+        &first,
+        &cache.get_or_load(&store, &ids[0]).unwrap()
+    ));
     // ...so the thirteenth evicts the second, not the first.
-    cache.get_or_load(&store, &ids[LORA_CACHE_CAPACITY]).unwrap();
+    cache
+        .get_or_load(&store, &ids[LORA_CACHE_CAPACITY])
+        .unwrap();
     let held: Vec<&str> = cache.ids().collect();
     assert_eq!(held.len(), LORA_CACHE_CAPACITY);
     assert!(held.contains(&ids[0].as_str()));
@@ -169,15 +210,33 @@ fn the_cache_keeps_the_twelve_most_recently_used() {
 #[test]
 fn kohya_sdxl_stability_names_patch_the_diffusers_modules() {
     let dir = fixtures_dir().join("diffusers-parity/models/tiny-sdxl");
-    let unet = load_component(&dir.join("unet"), "diffusion_pytorch_model", None, &Device::Cpu).unwrap();
+    let unet = load_component(
+        &dir.join("unet"),
+        "diffusion_pytorch_model",
+        None,
+        &Device::Cpu,
+    )
+    .unwrap();
     let te2 = load_component(&dir.join("text_encoder_2"), "model", None, &Device::Cpu).unwrap();
     let unet_pairs = [
         ("input_blocks_0_0", "conv_in"),
-        ("input_blocks_1_0_in_layers_2", "down_blocks.0.resnets.0.conv1"),
-        ("input_blocks_1_0_emb_layers_1", "down_blocks.0.resnets.0.time_emb_proj"),
+        (
+            "input_blocks_1_0_in_layers_2",
+            "down_blocks.0.resnets.0.conv1",
+        ),
+        (
+            "input_blocks_1_0_emb_layers_1",
+            "down_blocks.0.resnets.0.time_emb_proj",
+        ),
         ("input_blocks_2_0_op", "down_blocks.0.downsamplers.0.conv"),
-        ("input_blocks_3_0_out_layers_3", "down_blocks.1.resnets.0.conv2"),
-        ("input_blocks_3_1_proj_in", "down_blocks.1.attentions.0.proj_in"),
+        (
+            "input_blocks_3_0_out_layers_3",
+            "down_blocks.1.resnets.0.conv2",
+        ),
+        (
+            "input_blocks_3_1_proj_in",
+            "down_blocks.1.attentions.0.proj_in",
+        ),
         (
             "input_blocks_3_1_transformer_blocks_1_attn2_to_k",
             "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k",
@@ -188,17 +247,32 @@ fn kohya_sdxl_stability_names_patch_the_diffusers_modules() {
             "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj",
         ),
         ("middle_block_2_out_layers_3", "mid_block.resnets.1.conv2"),
-        ("output_blocks_0_0_skip_connection", "up_blocks.0.resnets.0.conv_shortcut"),
-        ("output_blocks_1_1_proj_out", "up_blocks.0.attentions.1.proj_out"),
+        (
+            "output_blocks_0_0_skip_connection",
+            "up_blocks.0.resnets.0.conv_shortcut",
+        ),
+        (
+            "output_blocks_1_1_proj_out",
+            "up_blocks.0.attentions.1.proj_out",
+        ),
         ("output_blocks_1_2_conv", "up_blocks.0.upsamplers.0.conv"),
-        ("output_blocks_3_0_in_layers_2", "up_blocks.1.resnets.1.conv1"),
+        (
+            "output_blocks_3_0_in_layers_2",
+            "up_blocks.1.resnets.1.conv1",
+        ),
         ("time_embed_0", "time_embedding.linear_1"),
         ("label_emb_0_2", "add_embedding.linear_2"),
         ("out_2", "conv_out"),
     ];
     let te2_pairs = [
-        ("text_model_encoder_layers_0_self_attn_q_proj", "text_model.encoder.layers.0.self_attn.q_proj"),
-        ("text_model_encoder_layers_1_mlp_fc2", "text_model.encoder.layers.1.mlp.fc2"),
+        (
+            "text_model_encoder_layers_0_self_attn_q_proj",
+            "text_model.encoder.layers.0.self_attn.q_proj",
+        ),
+        (
+            "text_model_encoder_layers_1_mlp_fc2",
+            "text_model.encoder.layers.1.mlp.fc2",
+        ),
     ];
     let mut kohya = Vec::new();
     let mut peft = Vec::new();
@@ -218,7 +292,10 @@ fn kohya_sdxl_stability_names_patch_the_diffusers_modules() {
         let up = Tensor::randn(0f32, 1.0, up_shape, &Device::Cpu).unwrap();
         kohya.push((format!("{prefix_k}{k}.lora_down.weight"), down.clone()));
         kohya.push((format!("{prefix_k}{k}.lora_up.weight"), up.clone()));
-        kohya.push((format!("{prefix_k}{k}.alpha"), Tensor::new(2f32, &Device::Cpu).unwrap()));
+        kohya.push((
+            format!("{prefix_k}{k}.alpha"),
+            Tensor::new(2f32, &Device::Cpu).unwrap(),
+        ));
         peft.push((format!("{prefix_p}{p}.lora_A.weight"), down));
         peft.push((format!("{prefix_p}{p}.lora_B.weight"), up));
     };
@@ -237,7 +314,10 @@ fn kohya_sdxl_stability_names_patch_the_diffusers_modules() {
     };
     let kohya = save("kohya.safetensors", &kohya);
     let peft = save("peft.safetensors", &peft);
-    for (component, base, count) in [("unet", &unet, unet_pairs.len()), ("text_encoder_2", &te2, te2_pairs.len())] {
+    for (component, base, count) in [
+        ("unet", &unet, unet_pairs.len()),
+        ("text_encoder_2", &te2, te2_pairs.len()),
+    ] {
         let by_kohya = patch(component, base, &[(kohya.clone(), 0.9)]).unwrap();
         let by_peft = patch(component, base, &[(peft.clone(), 0.9)]).unwrap();
         let mut changed = 0;

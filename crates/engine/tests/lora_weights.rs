@@ -16,7 +16,11 @@ const TOLERANCE: f32 = 1e-6;
 
 fn pix2pix(component: &str) -> TensorMap {
     let dir = fixtures_dir().join("diffusers-parity/models/tiny-instruct-pix2pix");
-    let stem = if component == "unet" { "diffusion_pytorch_model" } else { "model" };
+    let stem = if component == "unet" {
+        "diffusion_pytorch_model"
+    } else {
+        "model"
+    };
     load_component(&dir.join(component), stem, None, &Device::Cpu).unwrap()
 }
 
@@ -51,7 +55,11 @@ fn adapter(path: &Path) -> Arc<LoraAdapter> {
 /// other weight is bit-identical to the base.
 fn check_case(name: &str) {
     let reference = reference(name);
-    let adapters: Vec<_> = reference.loras.iter().map(|(p, s)| (adapter(p), *s)).collect();
+    let adapters: Vec<_> = reference
+        .loras
+        .iter()
+        .map(|(p, s)| (adapter(p), *s))
+        .collect();
     let mut compared = 0;
     for component in ["unet", "text_encoder"] {
         let base = pix2pix(component);
@@ -64,17 +72,30 @@ fn check_case(name: &str) {
                 assert_eq!(max_abs_diff(ours, original), 0.0, "{name}: {key} moved");
                 continue;
             }
-            assert!(max_abs_diff(ours, original) > 0.0, "{name}: {key} not patched");
+            assert!(
+                max_abs_diff(ours, original) > 0.0,
+                "{name}: {key} not patched"
+            );
             if let Some(theirs) = reference.tensors.get(&key) {
                 // The update itself is far larger than the tolerance: this compares LoRAs.
-                assert!(max_abs_diff(theirs, original) > 1e-3, "{name}: {key}: tiny update");
+                assert!(
+                    max_abs_diff(theirs, original) > 1e-3,
+                    "{name}: {key}: tiny update"
+                );
                 let d = max_abs_diff(ours, theirs);
-                assert!(d <= TOLERANCE, "{name}: {key} differs from diffusers by {d}");
+                assert!(
+                    d <= TOLERANCE,
+                    "{name}: {key} differs from diffusers by {d}"
+                );
                 compared += 1;
             }
         }
     }
-    assert_eq!(compared, reference.tensors.len(), "{name}: reference tensors not all in the model");
+    assert_eq!(
+        compared,
+        reference.tensors.len(),
+        "{name}: reference tensors not all in the model"
+    );
 }
 
 #[test]
@@ -112,7 +133,10 @@ fn factors_and_alphas_are_read_per_format() {
         .flatten()
         .find(|m| m.name.to_string() == "down_blocks_0_resnets_0_conv1")
         .unwrap();
-    assert_eq!((conv.rank(), conv.kernel(), conv.alpha), (2, Some((3, 3)), 1.0));
+    assert_eq!(
+        (conv.rank(), conv.kernel(), conv.alpha),
+        (2, Some((3, 3)), 1.0)
+    );
     let meta = adapter(&fixtures_dir().join("lora/peft-meta.safetensors"));
     let alphas: Vec<(String, f64)> = meta
         .components
@@ -121,11 +145,22 @@ fn factors_and_alphas_are_read_per_format() {
         .map(|m| (m.name.to_string(), m.alpha))
         .collect();
     // lora_alpha 4 for the UNet but alpha_pattern {"ff.net.2": 1}; 3 for the text encoder.
-    assert!(alphas.contains(&("down_blocks.0.resnets.0.conv1".into(), 4.0)), "{alphas:?}");
-    assert!(alphas.contains(&("down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2".into(), 1.0)));
+    assert!(
+        alphas.contains(&("down_blocks.0.resnets.0.conv1".into(), 4.0)),
+        "{alphas:?}"
+    );
+    assert!(alphas.contains(&(
+        "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2".into(),
+        1.0
+    )));
     assert!(alphas.contains(&("encoder.layers.0.self_attn.q_proj".into(), 3.0)));
-    let peft = adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors"));
-    assert!(peft.components.values().flatten().all(|m| m.alpha == m.rank() as f64));
+    let peft =
+        adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors"));
+    assert!(peft
+        .components
+        .values()
+        .flatten()
+        .all(|m| m.alpha == m.rank() as f64));
 }
 
 #[test]
@@ -135,8 +170,10 @@ fn base_weights_come_back_exactly_after_switching_adapters() {
         .iter()
         .map(|(k, t)| (k.clone(), t.copy().unwrap()))
         .collect();
-    let peft = adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors"));
-    let kohya = adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora-kohya.safetensors"));
+    let peft =
+        adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors"));
+    let kohya =
+        adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora-kohya.safetensors"));
     let first = patch("unet", &base, &[(peft.clone(), 1.0)]).unwrap();
     let second = patch("unet", &base, &[(kohya, 0.5), (peft.clone(), 0.1)]).unwrap();
     let name = "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight";
@@ -158,7 +195,8 @@ fn half_precision_weights_are_patched_in_f32_and_stay_half() {
         .iter()
         .map(|(k, t)| (k.clone(), t.to_dtype(DType::F16).unwrap()))
         .collect();
-    let peft = adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors"));
+    let peft =
+        adapter(&fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors"));
     let full = patch("unet", &base, &[(peft.clone(), 1.2)]).unwrap();
     let patched = patch("unet", &half, &[(peft, 1.2)]).unwrap();
     let name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight";
@@ -176,7 +214,10 @@ fn a_lora_for_missing_components_is_incompatible() {
     let te = pix2pix("text_encoder");
     check_compatible(&a, &[("unet", &unet), ("text_encoder", &te)]).unwrap();
     let e = check_compatible(&a, &[("unet", &unet)]).unwrap_err();
-    assert_eq!(e.to_string(), "LoRa incompatible with base model: 'style/te'");
+    assert_eq!(
+        e.to_string(),
+        "LoRa incompatible with base model: 'style/te'"
+    );
     assert!(matches!(e, tessera_engine::Error::InvalidInput(_)));
 }
 
@@ -184,11 +225,18 @@ fn a_lora_for_missing_components_is_incompatible() {
 fn a_lora_for_another_unet_is_incompatible() {
     let sdxl = fixtures_dir().join("diffusers-parity/models/tiny-sdxl/unet");
     let sdxl = load_component(&sdxl, "diffusion_pytorch_model", None, &Device::Cpu).unwrap();
-    for file in ["tiny-pix2pix-lora.safetensors", "tiny-pix2pix-lora-kohya.safetensors"] {
+    for file in [
+        "tiny-pix2pix-lora.safetensors",
+        "tiny-pix2pix-lora-kohya.safetensors",
+    ] {
         let path = fixtures_dir().join("diffusers-parity/loras").join(file);
         let a = Arc::new(LoraAdapter::from_file("x/pix2pix-lora", &path).unwrap());
         let e = patch("unet", &sdxl, &[(a.clone(), 1.0)]).unwrap_err();
-        assert_eq!(e.to_string(), "LoRa incompatible with base model: 'x/pix2pix-lora'", "{file}");
+        assert_eq!(
+            e.to_string(),
+            "LoRa incompatible with base model: 'x/pix2pix-lora'",
+            "{file}"
+        );
         assert!(check_compatible(&a, &[("unet", &sdxl)]).is_err());
     }
 }
@@ -199,8 +247,14 @@ fn a_shape_that_does_not_fit_is_incompatible() {
     let mut tensors = TensorMap::new();
     let module = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
     // to_q is 32x32; a LoRA made for 64 inputs does not fit it.
-    tensors.insert(format!("{module}.lora_A.weight"), Tensor::ones((2, 64), DType::F32, &Device::Cpu).unwrap());
-    tensors.insert(format!("{module}.lora_B.weight"), Tensor::ones((32, 2), DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        format!("{module}.lora_A.weight"),
+        Tensor::ones((2, 64), DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert(
+        format!("{module}.lora_B.weight"),
+        Tensor::ones((32, 2), DType::F32, &Device::Cpu).unwrap(),
+    );
     let bytes = safetensors_bytes(&tensors);
     let a = Arc::new(LoraAdapter::from_bytes("x/wide", &bytes).unwrap());
     let e = patch("unet", &base, &[(a, 1.0)]).unwrap_err();

@@ -113,8 +113,8 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// Reads the safetensors LoRA at `path`, naming it `id` in errors.
     pub fn from_file(id: &str, path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| unloadable(id, &format!("{}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| unloadable(id, &format!("{}: {e}", path.display())))?;
         Self::from_bytes(id, &bytes)
     }
 

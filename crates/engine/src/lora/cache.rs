@@ -13,7 +13,10 @@ pub const LORA_CACHE_CAPACITY: usize = 12;
 
 /// The weight file names trainers give a LoRA, most conventional first: what a repository
 /// holding several safetensors files is expected to mean.
-const CONVENTIONAL_NAMES: [&str; 2] = ["pytorch_lora_weights.safetensors", "adapter_model.safetensors"];
+const CONVENTIONAL_NAMES: [&str; 2] = [
+    "pytorch_lora_weights.safetensors",
+    "adapter_model.safetensors",
+];
 
 /// The safetensors file LoRA `id` names: a local `.safetensors` file, or a hub repository
 /// (`ORG/NAME`) in the model directory, downloaded when missing and allowed. A repository's
@@ -50,14 +53,16 @@ pub fn resolve_lora(store: &ModelStore, id: &str) -> Result<PathBuf> {
 
 /// The LoRA weights among a repository snapshot's top-level files.
 fn weights_file(id: &str, snapshot: &Path) -> Result<PathBuf> {
-    let entries =
-        std::fs::read_dir(snapshot).map_err(|e| unloadable(id, &format!("{}: {e}", snapshot.display())))?;
+    let entries = std::fs::read_dir(snapshot)
+        .map_err(|e| unloadable(id, &format!("{}: {e}", snapshot.display())))?;
     let mut files: Vec<String> = entries
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let name = entry.file_name().into_string().ok()?;
             let is_weights = name.ends_with(".safetensors")
-                && !["scheduler", "optimizer", "checkpoint"].iter().any(|s| name.contains(s))
+                && !["scheduler", "optimizer", "checkpoint"]
+                    .iter()
+                    .any(|s| name.contains(s))
                 && entry.path().is_file();
             is_weights.then_some(name)
         })

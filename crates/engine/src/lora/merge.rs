@@ -55,13 +55,14 @@ pub fn check_compatible(adapter: &LoraAdapter, components: &[(&str, &TensorMap)]
         have.push((parse_component(name)?, *base));
     }
     for &component in adapter.components.keys() {
-        let (_, base) = have
-            .iter()
-            .find(|(c, _)| *c == component)
-            .ok_or_else(|| {
-                tracing::warn!(lora = adapter.id, component = component.name(), "the pipeline has no such component");
-                incompatible(&adapter.id)
-            })?;
+        let (_, base) = have.iter().find(|(c, _)| *c == component).ok_or_else(|| {
+            tracing::warn!(
+                lora = adapter.id,
+                component = component.name(),
+                "the pipeline has no such component"
+            );
+            incompatible(&adapter.id)
+        })?;
         plan(component, base, [(adapter, 1.0)])?;
     }
     Ok(())
@@ -108,7 +109,11 @@ fn fits(module: &LoraModule, weight: &Tensor) -> std::result::Result<(), String>
     let w_kernel = match w {
         [_, _] => (1, 1),
         [_, _, kh, kw] => (*kh, *kw),
-        _ => return Err(format!("the weight has shape {w:?}, not a linear or conv layer")),
+        _ => {
+            return Err(format!(
+                "the weight has shape {w:?}, not a linear or conv layer"
+            ))
+        }
     };
     let lora_kernel = module.kernel().unwrap_or((1, 1));
     if up[0] == w[0] && down[1] == w[1] && lora_kernel == w_kernel {
@@ -125,7 +130,10 @@ fn fits(module: &LoraModule, weight: &Tensor) -> std::result::Result<(), String>
 fn delta(module: &LoraModule, weight: &Tensor) -> Result<Tensor> {
     let device = weight.device();
     let rank = module.rank();
-    let up = module.up.to_device(device)?.reshape((weight.dim(0)?, rank))?;
+    let up = module
+        .up
+        .to_device(device)?
+        .reshape((weight.dim(0)?, rank))?;
     let down = module.down.to_device(device)?;
     let down = down.reshape((rank, down.elem_count() / rank))?;
     Ok(up.matmul(&down)?.reshape(weight.shape())?)

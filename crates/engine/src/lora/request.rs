@@ -18,7 +18,10 @@ pub fn parse_loras(text: &str) -> Result<Vec<(String, f64)>> {
         return Ok(Vec::new());
     }
     let entries: OrderedObject = serde_json::from_str(text).map_err(|_| {
-        Error::InvalidInput(format!("Unable to parse '{}' as JSON.", super::quoted(text)))
+        Error::InvalidInput(format!(
+            "Unable to parse '{}' as JSON.",
+            super::quoted(text)
+        ))
     })?;
     let mut loras: Vec<(String, f64)> = Vec::with_capacity(entries.0.len());
     let mut all_valid = true;
@@ -104,7 +107,12 @@ mod tests {
     fn keeps_order_numbers_and_numeric_strings() {
         let got = parse_loras(r#"{"z/b": 1.2, "a/a": 0, "m/c": "0.5", "/x.safetensors": " 2 "}"#)
             .unwrap();
-        let want = [("z/b", 1.2), ("a/a", 0.0), ("m/c", 0.5), ("/x.safetensors", 2.0)];
+        let want = [
+            ("z/b", 1.2),
+            ("a/a", 0.0),
+            ("m/c", 0.5),
+            ("/x.safetensors", 2.0),
+        ];
         assert_eq!(got.len(), want.len());
         for ((id, s), (wid, ws)) in got.iter().zip(want) {
             assert_eq!((id.as_str(), *s), (wid, ws));
@@ -114,7 +122,10 @@ mod tests {
     #[test]
     fn repeated_id_keeps_first_place_and_last_strength() {
         let got = parse_loras(r#"{"a/a": 1, "b/b": 2, "a/a": 3}"#).unwrap();
-        assert_eq!(got, vec![("a/a".to_string(), 3.0), ("b/b".to_string(), 2.0)]);
+        assert_eq!(
+            got,
+            vec![("a/a".to_string(), 3.0), ("b/b".to_string(), 2.0)]
+        );
     }
 
     #[test]
@@ -148,7 +159,12 @@ mod tests {
 
     #[test]
     fn more_than_four_are_refused() {
-        assert_eq!(parse_loras(r#"{"a/a":1,"b/b":1,"c/c":1,"d/d":1}"#).unwrap().len(), 4);
+        assert_eq!(
+            parse_loras(r#"{"a/a":1,"b/b":1,"c/c":1,"d/d":1}"#)
+                .unwrap()
+                .len(),
+            4
+        );
         assert_eq!(
             message(r#"{"a/a":1,"b/b":1,"c/c":1,"d/d":1,"e/e":1}"#),
             "Too many LoRas provided. Maximum is 4."

@@ -95,9 +95,15 @@ fn resnets_in_first_down_block(base: &TensorMap) -> Option<usize> {
 
 /// Whether a kohya UNet name uses the Stability (sgm) layout rather than diffusers'.
 fn is_stability_name(flat: &str) -> bool {
-    ["input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_"]
-        .iter()
-        .any(|p| flat.starts_with(p))
+    [
+        "input_blocks_",
+        "middle_block_",
+        "output_blocks_",
+        "time_embed_",
+        "label_emb_",
+    ]
+    .iter()
+    .any(|p| flat.starts_with(p))
         || flat == "out_2"
 }
 
@@ -182,32 +188,57 @@ mod tests {
         // SDXL: layers_per_block 2; down block 0 has no attention, up block 2 neither.
         let cases = [
             ("input_blocks_0_0", "conv_in"),
-            ("input_blocks_1_0_in_layers_2", "down_blocks_0_resnets_0_conv1"),
-            ("input_blocks_2_0_emb_layers_1", "down_blocks_0_resnets_1_time_emb_proj"),
+            (
+                "input_blocks_1_0_in_layers_2",
+                "down_blocks_0_resnets_0_conv1",
+            ),
+            (
+                "input_blocks_2_0_emb_layers_1",
+                "down_blocks_0_resnets_1_time_emb_proj",
+            ),
             ("input_blocks_3_0_op", "down_blocks_0_downsamplers_0_conv"),
-            ("input_blocks_4_0_skip_connection", "down_blocks_1_resnets_0_conv_shortcut"),
+            (
+                "input_blocks_4_0_skip_connection",
+                "down_blocks_1_resnets_0_conv_shortcut",
+            ),
             (
                 "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
                 "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
             ),
-            ("input_blocks_8_1_proj_in", "down_blocks_2_attentions_1_proj_in"),
+            (
+                "input_blocks_8_1_proj_in",
+                "down_blocks_2_attentions_1_proj_in",
+            ),
             ("middle_block_0_out_layers_3", "mid_block_resnets_0_conv2"),
             (
                 "middle_block_1_transformer_blocks_9_ff_net_2",
                 "mid_block_attentions_0_transformer_blocks_9_ff_net_2",
             ),
             ("middle_block_2_in_layers_2", "mid_block_resnets_1_conv1"),
-            ("output_blocks_0_1_proj_out", "up_blocks_0_attentions_0_proj_out"),
+            (
+                "output_blocks_0_1_proj_out",
+                "up_blocks_0_attentions_0_proj_out",
+            ),
             ("output_blocks_2_2_conv", "up_blocks_0_upsamplers_0_conv"),
-            ("output_blocks_5_0_in_layers_2", "up_blocks_1_resnets_2_conv1"),
-            ("output_blocks_8_0_skip_connection", "up_blocks_2_resnets_2_conv_shortcut"),
+            (
+                "output_blocks_5_0_in_layers_2",
+                "up_blocks_1_resnets_2_conv1",
+            ),
+            (
+                "output_blocks_8_0_skip_connection",
+                "up_blocks_2_resnets_2_conv_shortcut",
+            ),
             ("time_embed_2", "time_embedding_linear_2"),
             ("label_emb_0_0", "add_embedding_linear_1"),
             ("out_2", "conv_out"),
         ];
         for (from, to) in cases {
             assert!(is_stability_name(from), "{from}");
-            assert_eq!(stability_to_diffusers(from, 2).as_deref(), Some(to), "{from}");
+            assert_eq!(
+                stability_to_diffusers(from, 2).as_deref(),
+                Some(to),
+                "{from}"
+            );
         }
         assert!(!is_stability_name("down_blocks_0_resnets_0_conv1"));
     }
