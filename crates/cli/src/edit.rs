@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tessera_engine::image_io;
 use tessera_engine::editor::{EditRequest, Editor, EditorConfig};
+use tessera_engine::image_io;
 use tessera_engine::pipelines::EditParams;
 
 #[derive(clap::Args)]

@@ -18,7 +18,10 @@ fn model_dir() -> tempfile::TempDir {
     let cache = tempfile::tempdir().unwrap();
     let f = fixtures();
     for (folder, id) in [
-        ("models/tiny-sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
+        (
+            "models/tiny-sdxl",
+            "stabilityai/stable-diffusion-xl-base-1.0",
+        ),
         ("models/tiny-sdxl-lightning", "ByteDance/SDXL-Lightning"),
         ("models/tiny-sd-img2img", "stabilityai/sd-turbo"),
         ("models/tiny-sdxl", "SG161222/RealVisXL_V4.0"),
@@ -102,7 +105,10 @@ fn sdxl_lightning_by_id_loads_base_and_unet_file_and_forces_its_settings() {
     );
     assert_eq!(json["images"][0]["seed"], 1835);
     let d = diff_to_case(&got, "sdxl_lightning_img2img");
-    assert!(d <= EIGHT_BIT, "Lightning output differs from diffusers by {d}");
+    assert!(
+        d <= EIGHT_BIT,
+        "Lightning output differs from diffusers by {d}"
+    );
 }
 
 #[test]
@@ -131,7 +137,10 @@ fn sd_turbo_by_id_forces_no_guidance() {
         &out.path().join("t.png"),
     );
     let d = diff_to_case(&got, "sd_img2img_turbo");
-    assert!(d <= EIGHT_BIT, "sd-turbo output differs from diffusers by {d}");
+    assert!(
+        d <= EIGHT_BIT,
+        "sd-turbo output differs from diffusers by {d}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use crate::error::{Error, Result};
 use crate::hub::ModelStore;
 use crate::image_io::{self, RgbImage};
+use crate::lora::{self, LoraCache};
 use crate::models::ModelSpec;
 use crate::noise::TorchCpuNoise;
 use crate::pipelines::{EditParams, ImagePipeline};
@@ -47,6 +48,11 @@ pub struct EditedImage {
 pub struct Editor {
     spec: ModelSpec,
     pipeline: Box<dyn ImagePipeline>,
+    /// Where LoRA repositories are looked up.
+    store: ModelStore,
+    loras: LoraCache,
+    /// The adapters merged into the pipeline now, as requested.
+    active: Vec<(String, f64)>,
 }
 
 impl Editor {
@@ -54,14 +60,12 @@ impl Editor {
     pub fn load(config: &EditorConfig) -> Result<Self> {
         let spec = ModelSpec::for_id(&config.model_id)?;
         let pipeline = spec.load(&config.store, &config.device, config.dtype)?;
-        Ok(Self { spec, pipeline })
-    }
-
-    /// An editor over a pipeline built some other way (tests, benchmarks).
-    pub fn from_pipeline(model_id: &str, pipeline: Box<dyn ImagePipeline>) -> Result<Self> {
         Ok(Self {
-            spec: ModelSpec::for_id(model_id)?,
+            spec,
             pipeline,
+            store: config.store.clone(),
+            loras: LoraCache::new(),
+            active: Vec::new(),
         })
     }
 
@@ -96,11 +100,7 @@ impl Editor {
                 "num_images_per_prompt must be at least 1".into(),
             ));
         }
-        if !request.loras.is_empty() {
-            return Err(Error::InvalidInput(
-                "LoRA adapters are not supported yet".into(),
-            ));
-        }
+        self.use_loras(&request.loras)?;
         if request.safety_check {
             return Err(Error::Model(
                 "the NSFW safety checker is not available yet; ask with safety_check=false".into(),
@@ -119,10 +119,11 @@ impl Editor {
                 ))
             })?;
             let mut noise = TorchCpuNoise::new(seed);
-            let mut progress = |done: usize, steps: usize| {
-                on_step(i * steps + done, request.num_images * steps)
-            };
-            let generated = self.pipeline.run(&params, image, &mut noise, &mut progress)?;
+            let mut progress =
+                |done: usize, steps: usize| on_step(i * steps + done, request.num_images * steps);
+            let generated = self
+                .pipeline
+                .run(&params, image, &mut noise, &mut progress)?;
             for image in image_io::to_rgb8(&generated.images)? {
                 out.push(EditedImage {
                     image,
@@ -132,5 +133,31 @@ impl Editor {
             }
         }
         Ok(out)
+    }
+
+    /// Makes `wanted` the adapters merged into the pipeline, unless they already are. Every
+    /// adapter is loaded and checked before the pipeline changes, so a bad one leaves the
+    /// model as the previous request had it.
+    fn use_loras(&mut self, wanted: &[(String, f64)]) -> Result<()> {
+        if wanted == self.active.as_slice() {
+            return Ok(());
+        }
+        let mut adapters = Vec::with_capacity(wanted.len());
+        for (id, scale) in wanted {
+            let adapter = self.loras.get_or_load(&self.store, id)?;
+            lora::check_compatible(&adapter, &self.pipeline.lora_targets())?;
+            adapters.push((adapter, *scale));
+        }
+        let started = std::time::Instant::now();
+        // A failed switch leaves the pipeline at its base weights.
+        self.active.clear();
+        self.pipeline.set_loras(&adapters)?;
+        self.active = wanted.to_vec();
+        tracing::info!(
+            loras = ?self.active,
+            secs = started.elapsed().as_secs_f64(),
+            "LoRA adapters switched"
+        );
+        Ok(())
     }
 }

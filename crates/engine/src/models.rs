@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(s.forced, Forced::Lightning { steps: 4 });
         let default = ModelSpec::for_id("ByteDance/SDXL-Lightning").unwrap();
         assert_eq!(default.forced, Forced::Lightning { steps: 8 });
-        for bad in ["ByteDance/SDXL-Lightning-3step", "ByteDance/SDXL-Lightning-x"] {
+        for bad in [
+            "ByteDance/SDXL-Lightning-3step",
+            "ByteDance/SDXL-Lightning-x",
+        ] {
             let e = ModelSpec::for_id(bad).unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("-4step"), "{e}");
         }
@@ -201,7 +204,9 @@ mod tests {
         assert_eq!(lightning.num_inference_steps, 2);
         assert_eq!(lightning.guidance_scale, 0.0);
         assert_eq!(lightning.strength, 0.5);
-        let plain = ModelSpec::for_id("timbrooks/instruct-pix2pix").unwrap().apply(&p);
+        let plain = ModelSpec::for_id("timbrooks/instruct-pix2pix")
+            .unwrap()
+            .apply(&p);
         assert_eq!(plain.guidance_scale, 7.5);
         assert_eq!(plain.strength, 0.1);
     }

@@ -2,13 +2,16 @@
 //! pooled projection and size `time_ids` as added conditioning.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::text::TextEncoder;
 use super::EditParams;
 use crate::error::{read_json, Error, Result};
+use crate::lora::LoraAdapter;
 use crate::unet::{AddedConditioning, UNetConfig};
+use crate::weights::TensorMap;
 
 /// The UNet's conditioning inputs for one generation; with guidance the batch is
 /// [unconditional, text], as diffusers orders it.
@@ -94,6 +97,31 @@ impl Conditioner {
             force_zeros: index.force_zeros_for_empty_prompt,
             requires_aesthetics_score: index.requires_aesthetics_score,
         })))
+    }
+
+    /// The text encoders' (LoRA name, base weights).
+    pub fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)> {
+        match self {
+            Self::Sd(t) => vec![t.base()],
+            Self::Sdxl(x) => x
+                .first
+                .iter()
+                .chain([&x.second])
+                .map(|t| t.base())
+                .collect(),
+        }
+    }
+
+    pub fn set_loras(&mut self, adapters: &[(Arc<LoraAdapter>, f64)]) -> Result<()> {
+        match self {
+            Self::Sd(t) => t.set_loras(adapters),
+            Self::Sdxl(x) => {
+                if let Some(first) = &mut x.first {
+                    first.set_loras(adapters)?;
+                }
+                x.second.set_loras(adapters)
+            }
+        }
     }
 
     /// Fails at load time, naming the folder, when the UNet expects other conditioning than

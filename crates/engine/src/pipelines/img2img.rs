@@ -8,14 +8,17 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::conditioning::{Conditioner, Conditioning};
+use super::patchable::Patchable;
 use super::{EditOutput, EditParams, ImagePipeline, Progress};
 use crate::error::{Error, Result};
 use crate::image_io::{self, RgbImage};
+use crate::lora::LoraAdapter;
 use crate::noise::NoiseSource;
 use crate::schedulers::{self, SchedulerConfig};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKl;
-use crate::weights;
+use crate::weights::TensorMap;
+use std::sync::Arc;
 
 /// Which of the two diffusers pipelines a folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub struct Overrides {
 pub struct Img2ImgPipeline {
     flavour: Flavour,
     conditioner: Conditioner,
-    unet: UNet2DConditionModel,
+    unet: Patchable<UNet2DConditionModel>,
     vae: AutoencoderKl,
     vae_dtype: DType,
     scheduler: SchedulerConfig,
@@ -57,15 +60,16 @@ impl Img2ImgPipeline {
             None => SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
         };
         scheduler.kind()?;
-        let unet = match &overrides.unet_weights {
-            None => UNet2DConditionModel::load(&dir.join("unet"), None, dtype, device)?,
-            Some(file) => {
-                let config = crate::unet::UNetConfig::from_file(&dir.join("unet/config.json"))?;
-                let map = weights::load_files(std::slice::from_ref(file), device)?;
-                UNet2DConditionModel::new(weights::var_builder(map, dtype, device), config)
-                    .map_err(|e| Error::Model(format!("{}: {e}", file.display())))?
-            }
-        };
+        let unet = Patchable::unet(
+            &dir.join("unet"),
+            overrides.unet_weights.as_deref(),
+            dtype,
+            device,
+        )
+        .map_err(|e| match (&overrides.unet_weights, e) {
+            (Some(file), Error::Model(why)) => Error::Model(format!("{}: {why}", file.display())),
+            (_, e) => e,
+        })?;
         let vae_config = crate::vae::VaeConfig::from_file(&dir.join("vae/config.json"))?;
         // diffusers runs the SDXL VAE in float32 when its config says half precision
         // overflows (`force_upcast`); the SD img2img pipeline never upcasts.
@@ -75,18 +79,19 @@ impl Img2ImgPipeline {
         };
         let vae = AutoencoderKl::load(&dir.join("vae"), None, vae_dtype, device)?;
         let latent = vae.config().latent_channels;
-        if unet.config().in_channels != latent {
+        let unet_config = unet.model().config();
+        if unet_config.in_channels != latent {
             return Err(Error::Model(format!(
                 "{}: an img2img UNet takes the {latent} latent channels as input, this one takes {}",
                 dir.display(),
-                unet.config().in_channels
+                unet_config.in_channels
             )));
         }
         let conditioner = match flavour {
             Flavour::Sd => Conditioner::load_sd(dir, device, dtype)?,
             Flavour::Sdxl => Conditioner::load_sdxl(dir, device, dtype)?,
         };
-        conditioner.check_unet(unet.config(), dir)?;
+        conditioner.check_unet(unet_config, dir)?;
         Ok(Self {
             flavour,
             conditioner,
@@ -195,6 +200,7 @@ impl ImagePipeline for Img2ImgPipeline {
         let target = (h * self.vae.scale_factor(), w * self.vae.scale_factor());
         let cond: Conditioning = self.conditioner.encode(p, guided, target)?;
         let steps = timesteps.len() - start;
+        let unet = self.unet.model();
         for (done, i) in (start..timesteps.len()).enumerate() {
             let input = if guided {
                 Tensor::cat(&[&latents, &latents], 0)?
@@ -203,9 +209,8 @@ impl ImagePipeline for Img2ImgPipeline {
             };
             let input = scheduler
                 .scale_model_input(&input, i)?
-                .to_dtype(self.unet.dtype())?;
-            let pred = self
-                .unet
+                .to_dtype(unet.dtype())?;
+            let pred = unet
                 .forward(&input, timesteps[i], &cond.context, cond.added.as_ref())?
                 .to_dtype(DType::F32)?;
             // The batch is [unconditional, text], as diffusers concatenates it.
@@ -223,6 +228,24 @@ impl ImagePipeline for Img2ImgPipeline {
             images: self.decode(&latents)?,
             latents,
         })
+    }
+
+    fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)> {
+        let mut targets = vec![self.unet.base()];
+        targets.extend(self.conditioner.lora_targets());
+        targets
+    }
+
+    fn set_loras(&mut self, adapters: &[(Arc<LoraAdapter>, f64)]) -> Result<()> {
+        let set = self
+            .unet
+            .set_loras(adapters)
+            .and_then(|()| self.conditioner.set_loras(adapters));
+        if set.is_err() {
+            self.unet.set_loras(&[])?;
+            self.conditioner.set_loras(&[])?;
+        }
+        set
     }
 }
 

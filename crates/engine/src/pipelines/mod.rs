@@ -3,18 +3,22 @@
 
 mod conditioning;
 pub mod img2img;
+mod patchable;
 pub mod pix2pix;
 mod text;
 
 pub use img2img::Overrides;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{read_json, Error, Result};
 use crate::image_io::RgbImage;
+use crate::lora::LoraAdapter;
 use crate::noise::NoiseSource;
+use crate::weights::TensorMap;
 
 /// What a caller asks of one generation (one output image). Fields a pipeline does not use
 /// (`strength` for instruct-pix2pix, `image_guidance_scale` for img2img) are ignored by it.
@@ -63,6 +67,13 @@ pub trait ImagePipeline: Send + Sync {
         noise: &mut dyn NoiseSource,
         progress: Progress,
     ) -> Result<EditOutput>;
+
+    /// The components LoRA adapters may patch: (name in LoRA files, base weights).
+    fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)>;
+
+    /// Rebuilds the patchable components with `adapters` merged in at their strengths; an
+    /// empty list restores the base model exactly. On error every component is back to base.
+    fn set_loras(&mut self, adapters: &[(Arc<LoraAdapter>, f64)]) -> Result<()>;
 }
 
 #[derive(serde::Deserialize)]
