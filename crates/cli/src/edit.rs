@@ -42,7 +42,7 @@ pub struct EditArgs {
     seed: Option<u64>,
     #[arg(long, default_value_t = 1)]
     num_images: usize,
-    /// LoRA adapters as JSON: {"repo-or-path": weight}.
+    /// LoRA adapters as JSON, {"ORG/NAME or path.safetensors": scale}, at most 4.
     #[arg(long)]
     loras: Option<String>,
     /// Skip the NSFW check (reports nsfw: false, as ai-runner does).
@@ -72,11 +72,6 @@ fn output_path(out: &Path, i: usize) -> PathBuf {
 }
 
 fn check(a: &EditArgs) -> anyhow::Result<()> {
-    if let Some(l) = a.loras.as_deref() {
-        if !matches!(l.trim(), "" | "{}") {
-            bail!("--loras: LoRA adapters are not supported yet");
-        }
-    }
     if a.num_images == 0 {
         bail!("--num-images must be at least 1");
     }
@@ -96,6 +91,8 @@ fn check(a: &EditArgs) -> anyhow::Result<()> {
 
 pub fn run(a: EditArgs) -> anyhow::Result<()> {
     check(&a)?;
+    let loras =
+        tessera_engine::lora::parse_loras(a.loras.as_deref().unwrap_or("")).context("--loras")?;
     let device = tessera_engine::device::parse(&a.device)?;
     let store = tessera_engine::hub::ModelStore::new(
         a.model_dir
@@ -129,7 +126,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             image_guidance_scale: a.image_guidance_scale,
             strength: a.strength,
         },
-        loras: Vec::new(),
+        loras,
         seed: a.seed.unwrap_or_else(|| rand::random::<u32>() as u64),
         num_images: a.num_images,
         safety_check: false,

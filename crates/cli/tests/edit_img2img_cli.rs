@@ -204,3 +204,31 @@ fn lightning_without_its_unet_file_names_what_is_missing() {
     assert!(stderr.contains("ByteDance/SDXL-Lightning"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn loras_by_path_match_diffusers() {
+    let f = fixtures();
+    let out = tempfile::tempdir().unwrap();
+    let kohya = f.join("loras/tiny-pix2pix-lora-kohya.safetensors");
+    let loras = format!(r#"{{"{}": 1.2}}"#, kohya.display());
+    let (_, got) = edit(
+        out.path(),
+        &[
+            "--model",
+            f.join("models/tiny-instruct-pix2pix").to_str().unwrap(),
+            "--image",
+            f.join("inputs/square.png").to_str().unwrap(),
+            "--prompt",
+            "pixel art style",
+            "--steps",
+            "4",
+            "--seed",
+            "1534",
+            "--loras",
+            &loras,
+        ],
+        &out.path().join("p.png"),
+    );
+    let d = diff_to_case(&got, "pix2pix_lora_kohya");
+    assert!(d <= EIGHT_BIT, "LoRA output differs from diffusers by {d}");
+}
