@@ -127,7 +127,11 @@ impl ModelSpec {
             );
         }
         pipelines::load_with(&folder, &overrides, device, dtype).map_err(|e| match e {
-            Error::Model(why) => Error::Model(format!("model '{}': {why}", self.id)),
+            // Name the model in what went wrong inside its folder (a missing file, a bad
+            // config); the folder path alone does not say which id the user asked for.
+            Error::Model(_) | Error::Io { .. } => {
+                Error::Model(format!("model '{}': {e}", self.id))
+            }
             other => other,
         })
     }
@@ -154,6 +158,37 @@ fn at_least_one_step(steps: usize, strength: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repo_missing_a_component_names_the_repo_and_the_component() {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = tempfile::tempdir().unwrap();
+        let src = crate::testing::fixtures_dir().join("diffusers-parity/models/tiny-sdxl");
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "text_encoder_2" {
+                let to = repo.path().join(entry.file_name());
+                if entry.path().is_dir() {
+                    std::fs::create_dir_all(&to).unwrap();
+                    for f in std::fs::read_dir(entry.path()).unwrap() {
+                        let f = f.unwrap();
+                        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+                    }
+                } else {
+                    std::fs::copy(entry.path(), to).unwrap();
+                }
+            }
+        }
+        crate::hub::link_as_hub_cache(repo.path(), cache.path(), "someone/broken-xl").unwrap();
+        let store = ModelStore::new(cache.path()).with_downloads(false);
+        let e = ModelSpec::for_id("someone/broken-xl")
+            .unwrap()
+            .load(&store, &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("someone/broken-xl") && e.contains("text_encoder_2"), "{e}");
+    }
 
     #[test]
     fn lightning_ids_name_their_unet_file_and_steps() {
