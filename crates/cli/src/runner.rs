@@ -49,7 +49,10 @@ pub struct RunnerArgs {
 
 pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
     if a.pipeline != PIPELINE {
-        bail!("pipeline '{}' is not served by tessera; use {PIPELINE}", a.pipeline);
+        bail!(
+            "pipeline '{}' is not served by tessera; use {PIPELINE}",
+            a.pipeline
+        );
     }
     let config = RunnerConfig {
         model_id: a.model_id,

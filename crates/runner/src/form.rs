@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::Multipart;
 use axum::http::StatusCode;
+use tessera_engine::lora::parse_loras;
 use tessera_engine::pipelines::EditParams;
 
 use crate::config::Limits;
@@ -89,7 +90,7 @@ impl ImageToImageForm {
                 self.model_id
             )));
         }
-        check_no_loras(&self.loras)?;
+        let loras = parse_loras(&self.loras).map_err(ApiError::from_engine)?;
         if self.image.len() > limits.max_upload_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -101,8 +102,11 @@ impl ImageToImageForm {
             ));
         }
         let prompt = at_most_chars("prompt", self.prompt, limits.max_prompt_chars)?;
-        let negative_prompt =
-            at_most_chars("negative_prompt", self.negative_prompt, limits.max_prompt_chars)?;
+        let negative_prompt = at_most_chars(
+            "negative_prompt",
+            self.negative_prompt,
+            limits.max_prompt_chars,
+        )?;
         let steps = in_range(
             "num_inference_steps",
             self.num_inference_steps,
@@ -145,6 +149,7 @@ impl ImageToImageForm {
                 .into_iter()
                 .map(|seed| ImageRequest {
                     params: params.clone(),
+                    loras: loras.clone(),
                     seed,
                     safety_check: self.safety_check,
                 })
@@ -171,24 +176,12 @@ fn at_most_chars(field: &str, text: String, max: usize) -> Result<String, ApiErr
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     let status = e.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(status, "The request body is larger than the runner accepts.");
+        return ApiError::new(
+            status,
+            "The request body is larger than the runner accepts.",
+        );
     }
     ApiError::new(status, e.body_text())
-}
-
-/// `loras` is ai-runner's JSON object `{"repo-or-path": weight}`; an empty text or an empty
-/// object asks for none, which is all this runner can do so far.
-fn check_no_loras(loras: &str) -> Result<(), ApiError> {
-    if loras.trim().is_empty() {
-        return Ok(());
-    }
-    match serde_json::from_str::<serde_json::Value>(loras) {
-        Err(_) => Err(ApiError::bad_request(format!(
-            "Unable to parse '{loras}' as JSON."
-        ))),
-        Ok(serde_json::Value::Object(map)) if map.is_empty() => Ok(()),
-        Ok(_) => Err(ApiError::bad_request("LoRA adapters are not supported yet")),
-    }
 }
 
 /// `value` if it lies in `lo..=hi` (NaN and infinities never do), else a 400 naming the field.
@@ -424,7 +417,9 @@ mod tests {
             ("strength", "inf"),
             ("seed", "-1"),
         ] {
-            let m = msg(valid(&[(field, value)]).check("m", &Limits::default()).unwrap_err());
+            let m = msg(valid(&[(field, value)])
+                .check("m", &Limits::default())
+                .unwrap_err());
             assert!(
                 m.starts_with(&format!("{field} must be between")),
                 "{field}={value}: {m}"
@@ -443,7 +438,9 @@ mod tests {
             .check("m", &limits)
             .unwrap_err());
         assert_eq!(m, "num_images_per_prompt must be between 1 and 2, got 3.");
-        let m = msg(valid(&[("prompt", "ééééé!")]).check("m", &limits).unwrap_err());
+        let m = msg(valid(&[("prompt", "ééééé!")])
+            .check("m", &limits)
+            .unwrap_err());
         assert_eq!(m, "prompt must be at most 5 characters, got 6.");
         let tiny_upload = Limits {
             max_upload_bytes: 2,
@@ -491,11 +488,21 @@ mod tests {
         assert!(valid(&[("model_id", "org/model"), ("loras", "{}")])
             .check("org/model", &Limits::default())
             .is_ok());
-        let m = msg(valid(&[("loras", r#"{"a/b": 1.0}"#)])
+        let job = valid(&[("loras", r#"{"a/b": 1.0, "c/d": "0.5"}"#)])
+            .check("m", &Limits::default())
+            .unwrap();
+        let want = vec![("a/b".to_string(), 1.0), ("c/d".to_string(), 0.5)];
+        assert_eq!(job.images[0].loras, want);
+        let m = msg(valid(&[("loras", r#"{"a/b": -1}"#)])
             .check("m", &Limits::default())
             .unwrap_err());
-        assert_eq!(m, "LoRA adapters are not supported yet");
-        let m = msg(valid(&[("loras", "{oops")]).check("m", &Limits::default()).unwrap_err());
+        assert_eq!(
+            m,
+            "All strengths must be numbers greater than or equal to 0.0."
+        );
+        let m = msg(valid(&[("loras", "{oops")])
+            .check("m", &Limits::default())
+            .unwrap_err());
         assert_eq!(m, "Unable to parse '{oops' as JSON.");
         let err = valid(&[("safety_check", "TRUE")])
             .check("m", &Limits::default())

@@ -9,8 +9,11 @@
 //! URLs. `/hardware/*`, `/version`, `/metrics` (Prometheus) and `/openapi.json` complete the
 //! API.
 //!
-//! Not here yet: the NSFW safety checker (requests with `safety_check=true` get a 501) and
-//! LoRA adapters (refused with a 400), which come with the engine's `Editor`.
+//! The model is the engine's `Editor` (forced turbo/Lightning settings, LoRA adapters);
+//! the worker depends only on the [`Model`] trait, which tests implement with fakes.
+//!
+//! Not here yet: the NSFW safety checker (requests with `safety_check=true` get a 501 until
+//! the engine has one).
 
 mod api;
 mod config;

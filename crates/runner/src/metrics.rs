@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use metrics::{Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 const REQUESTS: &str = "tessera_runner_requests_total";
 const QUEUE_DEPTH: &str = "tessera_runner_queue_depth";

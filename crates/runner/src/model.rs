@@ -2,14 +2,16 @@
 //! A trait of the runner's own, so that the queue, cancellation and error paths can be
 //! tested with fake models (slow, failing, panicking) as well as with the engine.
 
-use tessera_engine::image_io::{self, RgbImage};
-use tessera_engine::noise::TorchCpuNoise;
-use tessera_engine::pipelines::{EditParams, ImagePipeline};
+use tessera_engine::editor::{EditRequest, Editor};
+use tessera_engine::image_io::RgbImage;
+use tessera_engine::pipelines::EditParams;
 
 /// One output image to make.
 #[derive(Debug, Clone)]
 pub struct ImageRequest {
     pub params: EditParams,
+    /// LoRA adapters (id or path, strength), as parsed from the `loras` field.
+    pub loras: Vec<(String, f64)>,
     /// The generator seed of this image (`seed + i` for the request's image `i`).
     pub seed: u64,
     pub safety_check: bool,
@@ -34,22 +36,31 @@ pub trait Model: Send {
     ) -> tessera_engine::Result<Generated>;
 }
 
-/// The engine's pipelines, with torch-compatible CPU noise from the seed (so that a seed
-/// gives what diffusers gives). They have no safety checker yet: the form refuses
-/// `safety_check=true`, so `nsfw` is never claimed false for an image that was checked.
-impl Model for Box<dyn ImagePipeline> {
+/// The engine's editor: the model with the settings it forces, LoRA adapters switched per
+/// request, torch-compatible noise from the seed (so that a seed gives what diffusers gives).
+impl Model for Editor {
     fn generate(
         &mut self,
         image: &RgbImage,
         request: &ImageRequest,
-        _keep_going: &dyn Fn() -> bool,
+        keep_going: &dyn Fn() -> bool,
     ) -> tessera_engine::Result<Generated> {
-        let mut noise = TorchCpuNoise::new(request.seed);
-        let out = self.run(&request.params, image, &mut noise, &mut |_, _| {})?;
-        let image = image_io::to_rgb8(&out.images)?
+        let edit = EditRequest {
+            params: request.params.clone(),
+            loras: request.loras.clone(),
+            seed: request.seed,
+            num_images: 1,
+            safety_check: request.safety_check,
+        };
+        let out = self.edit(image, &edit, &mut |_, _| {}, keep_going)?;
+        // Empty only when the client left before the image was started.
+        let edited = out
             .into_iter()
             .next()
-            .ok_or_else(|| tessera_engine::Error::Model("the pipeline returned no image".into()))?;
-        Ok(Generated { image, nsfw: false })
+            .ok_or_else(|| tessera_engine::Error::Model("the request was cancelled".into()))?;
+        Ok(Generated {
+            image: edited.image,
+            nsfw: edited.nsfw,
+        })
     }
 }

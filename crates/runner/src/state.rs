@@ -6,9 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use candle_core::Device;
+use tessera_engine::editor::{Editor, EditorConfig};
 use tessera_engine::hub::ModelStore;
-use tessera_engine::pipelines::{self, ImagePipeline};
 
 use crate::api::Health;
 use crate::config::{Limits, RunnerConfig, PIPELINE};
@@ -48,11 +47,13 @@ impl Runner {
     /// name or pipeline is an error here, before anything is loaded.
     pub fn start(config: &RunnerConfig) -> anyhow::Result<Self> {
         let device = tessera_engine::device::parse(&config.device)?;
-        let store = ModelStore::new(&config.model_dir);
-        let id = config.model_id.clone();
-        Ok(Self::start_with(config, move || {
-            load_model(&store, &id, &device)
-        }))
+        let editor = EditorConfig {
+            model_id: config.model_id.clone(),
+            store: ModelStore::new(&config.model_dir),
+            dtype: tessera_engine::device::default_dtype(&device),
+            device,
+        };
+        Ok(Self::start_with(config, move || load_editor(&editor)))
     }
 
     /// Starts a runner whose model comes from `load`, run on the worker thread: what `start`
@@ -181,14 +182,10 @@ impl Shared {
     }
 }
 
-/// The engine's loader: the folder for the id (or the folder given), then the pipeline its
-/// `model_index.json` names, in the device's default precision.
-fn load_model(
-    store: &ModelStore,
-    id: &str,
-    device: &Device,
-) -> anyhow::Result<Box<dyn ImagePipeline>> {
-    let folder = store.resolve_id_or_dir(id, None)?;
-    let dtype = tessera_engine::device::default_dtype(device);
-    pipelines::load(&folder, device, dtype).with_context(|| format!("loading {}", folder.display()))
+/// The engine's loader: the model the id names (with its forced settings), or the folder
+/// given, in the device's default precision.
+fn load_editor(config: &EditorConfig) -> anyhow::Result<Editor> {
+    let editor = Editor::load(config).with_context(|| format!("loading {}", config.model_id))?;
+    tracing::info!(pipeline = editor.pipeline_name(), "pipeline ready");
+    Ok(editor)
 }

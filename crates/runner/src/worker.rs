@@ -125,13 +125,11 @@ fn serve<M: Model>(shared: &Shared, mut model: M, queue: Receiver<Task>) {
         }
         let started = Instant::now();
         let keep_going = || !reply.is_closed();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            run_job(&mut model, &job, &keep_going)
-        }))
-        .unwrap_or_else(|panic| {
-            tracing::error!(panic = panic_message(&*panic), "the model panicked");
-            Err(ApiError::pipeline())
-        });
+        let result = catch_unwind(AssertUnwindSafe(|| run_job(&mut model, &job, &keep_going)))
+            .unwrap_or_else(|panic| {
+                tracing::error!(panic = panic_message(&*panic), "the model panicked");
+                Err(ApiError::pipeline())
+            });
         let secs = started.elapsed().as_secs_f64();
         shared.metrics().inference_seconds(secs);
         if let Ok(media) = &result {

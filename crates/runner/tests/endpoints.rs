@@ -31,7 +31,9 @@ async fn version_and_hardware_name_the_pipeline_and_model() {
         let body = get_json(&base, path).await;
         assert_eq!(body["pipeline"], "image-to-image", "{path}");
         assert_eq!(body["model_id"], "org/model", "{path}");
-        let gpus = body[key].as_object().unwrap_or_else(|| panic!("{path}: {body}"));
+        let gpus = body[key]
+            .as_object()
+            .unwrap_or_else(|| panic!("{path}: {body}"));
         if !has_nvidia_smi {
             assert!(gpus.is_empty(), "{path}: {body}");
         }
@@ -71,7 +73,10 @@ async fn metrics_count_requests_images_and_time() {
         Some(2.0)
     );
     assert_eq!(
-        metric(&page, r#"tessera_runner_inference_seconds_bucket{le="+Inf"}"#),
+        metric(
+            &page,
+            r#"tessera_runner_inference_seconds_bucket{le="+Inf"}"#
+        ),
         Some(2.0)
     );
 }
@@ -126,7 +131,11 @@ fn required(doc: &Value, name: &str) -> Vec<String> {
 async fn the_openapi_document_matches_ai_runners() {
     let base = fake_server(config("m", None), echo).await;
     let doc = get_json(&base, "/openapi.json").await;
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
 
     // Operations, as ai-runner names them (go-livepeer's client calls genImageToImage).
     let op = &doc["paths"]["/image-to-image"]["post"];

@@ -3,37 +3,50 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::json;
-use tessera_engine::noise::TorchCpuNoise;
-use tessera_engine::pipelines::{self, EditParams};
+use tessera_engine::editor::{EditRequest, Editor, EditorConfig};
+use tessera_engine::hub::ModelStore;
+use tessera_engine::pipelines::EditParams;
 use tessera_runner::{Limits, Runner, RunnerConfig};
 
-/// What the engine computes for the same request with `seed`, run directly.
-fn engine_image(seed: u64) -> Vec<u8> {
-    let device = candle_core::Device::Cpu;
-    let pipe =
-        pipelines::load(Path::new(&model_folder()), &device, candle_core::DType::F32).unwrap();
+fn editor_config() -> EditorConfig {
+    EditorConfig {
+        model_id: model_folder(),
+        store: ModelStore::new(std::env::temp_dir()),
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+    }
+}
+
+fn lora_file() -> String {
+    fixtures()
+        .join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What the engine computes for the same request with `seed` (and `loras`), run directly.
+fn engine_image(seed: u64, loras: Vec<(String, f64)>) -> Vec<u8> {
+    let mut editor = Editor::load(&editor_config()).unwrap();
     let input = tessera_engine::image_io::decode(&input_png()).unwrap();
-    let params = EditParams {
-        prompt: "make it blue".into(),
-        num_inference_steps: 2,
-        ..EditParams::default()
+    let request = EditRequest {
+        params: EditParams {
+            prompt: "make it blue".into(),
+            num_inference_steps: 2,
+            ..EditParams::default()
+        },
+        loras,
+        seed,
+        num_images: 1,
+        safety_check: false,
     };
-    let out = pipe
-        .run(
-            &params,
-            &input,
-            &mut TorchCpuNoise::new(seed),
-            &mut |_, _| {},
-        )
+    let out = editor
+        .edit(&input, &request, &mut |_, _| {}, &|| true)
         .unwrap();
-    let rgb = tessera_engine::image_io::to_rgb8(&out.images).unwrap();
-    rgb.into_iter().next().unwrap().data
+    out.into_iter().next().unwrap().image.data
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,10 +71,17 @@ async fn the_engine_edits_with_seeded_png_data_urls() {
         let img = decode_data_url(item["url"].as_str().unwrap());
         assert_eq!(img.dimensions(), (64, 64));
         // Image i is exactly the engine's run seeded 1234 + i: the seeds are the ones used.
-        assert_eq!(img.as_raw(), &engine_image(1234 + i as u64), "image {i}");
+        assert_eq!(
+            img.as_raw(),
+            &engine_image(1234 + i as u64, vec![]),
+            "image {i}"
+        );
         pixels.push(img.into_raw());
     }
-    assert_ne!(pixels[0], pixels[1], "different seeds give different images");
+    assert_ne!(
+        pixels[0], pixels[1],
+        "different seeds give different images"
+    );
 
     // No seed: a random first seed below 2^32, the next one for the second image.
     let a = post(&base, "/image-to-image/", valid_form(&[]), None).await;
@@ -69,6 +89,38 @@ async fn the_engine_edits_with_seeded_png_data_urls() {
     let first = a.body["images"][0]["seed"].as_u64().unwrap();
     assert!(first <= u64::from(u32::MAX));
     assert_eq!(a.body["images"][1]["seed"].as_u64(), Some(first + 1));
+
+    // A LoRA adapter changes the image, as the engine applies it.
+    let loras = format!(r#"{{"{}": 0.8}}"#, lora_file());
+    let a = post(
+        &base,
+        "/image-to-image",
+        valid_form(&[
+            ("seed", "1234"),
+            ("num_images_per_prompt", "1"),
+            ("loras", &loras),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let img = decode_data_url(a.body["images"][0]["url"].as_str().unwrap());
+    assert_eq!(img.as_raw(), &engine_image(1234, vec![(lora_file(), 0.8)]));
+    assert_ne!(img.into_raw(), pixels[0]);
+
+    // One that does not exist is ai-runner's 400, and the model serves on unchanged.
+    let a = post(
+        &base,
+        "/image-to-image",
+        valid_form(&[("loras", r#"{"/nowhere/x.safetensors": 1}"#)]),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(
+        msg(&a.body),
+        "LoRa repository '/nowhere/x.safetensors' not found"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,16 +130,14 @@ async fn health_goes_from_loading_to_ok() {
     let runner = Runner::start_with(&config(&folder, None), move || {
         // Hold the load until the test has seen LOADING.
         wait.recv()?;
-        let device = candle_core::Device::Cpu;
-        Ok(pipelines::load(
-            Path::new(&folder),
-            &device,
-            candle_core::DType::F32,
-        )?)
+        Ok(Editor::load(&editor_config())?)
     });
     let base = spawn(runner).await;
     assert_eq!(health(&base).await, "LOADING");
-    assert_eq!(get_json(&base, "/health/").await, json!({"status": "LOADING"}));
+    assert_eq!(
+        get_json(&base, "/health/").await,
+        json!({"status": "LOADING"})
+    );
     let a = post(&base, "/image-to-image", valid_form(&[]), None).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
     assert!(msg(&a.body).contains("loading"), "{}", a.body);
@@ -106,7 +156,7 @@ async fn a_model_that_fails_to_load_reports_error() {
     assert!(msg(&a.body).contains("model_index.json"), "{}", a.body);
 
     // A panicking loader is a failed load too, not a runner stuck in LOADING.
-    let boom = || -> anyhow::Result<Box<dyn pipelines::ImagePipeline>> { panic!("boom") };
+    let boom = || -> anyhow::Result<Editor> { panic!("boom") };
     let runner = Runner::start_with(&config("m", None), boom);
     let base = spawn(runner).await;
     assert_eq!(settled_health(&base).await, "ERROR");
@@ -163,8 +213,12 @@ async fn bad_requests_get_400s_that_say_why() {
             "pipeline configured with org/model but called with someone/else.",
         ),
         (
-            &[("loras", r#"{"a/lora": 0.5}"#)],
-            "LoRA adapters are not supported yet",
+            &[("loras", r#"{"a/lora": -0.5}"#)],
+            "All strengths must be numbers greater than or equal to 0.0.",
+        ),
+        (
+            &[("loras", r#"{"a/a": 1, "b/b": 1, "c/c": 1, "d/d": 1, "e/e": 1}"#)],
+            "Too many LoRas provided. Maximum is 4.",
         ),
         (&[("loras", "{oops")], "Unable to parse '{oops' as JSON."),
         (
@@ -240,7 +294,10 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     for (kind, data) in [
         (b"IHDR", ihdr),
         // An empty zlib stream.
-        (b"IDAT", vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]),
+        (
+            b"IDAT",
+            vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ),
         (b"IEND", Vec::new()),
     ] {
         png.extend((data.len() as u32).to_be_bytes());
@@ -368,7 +425,13 @@ async fn an_auth_token_guards_inference_but_not_health() {
     }
     assert_eq!(health(&base).await, "OK");
     // The right token gets through to the form checks, and to the model.
-    let a = post(&base, "/image-to-image", Form::new().text("seed", "1"), Some("s3cret")).await;
+    let a = post(
+        &base,
+        "/image-to-image",
+        Form::new().text("seed", "1"),
+        Some("s3cret"),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     let a = post(&base, "/image-to-image", valid_form(&[]), Some("s3cret")).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);

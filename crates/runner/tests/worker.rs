@@ -19,7 +19,9 @@ async fn model_errors_become_ai_runners_answers() {
             "oom" => Err(Error::Model(
                 "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
             )),
-            "bad" => Err(Error::InvalidInput("LoRa repository 'x/y' not found".into())),
+            "bad" => Err(Error::InvalidInput(
+                "LoRa repository 'x/y' not found".into(),
+            )),
             "broken" => Err(Error::Model("a weight is missing".into())),
             "panic" => panic!("the model fell over"),
             _ => echo(image, request, &|| true),
@@ -32,7 +34,11 @@ async fn model_errors_become_ai_runners_answers() {
             StatusCode::INTERNAL_SERVER_ERROR,
             "Out of memory error. Try reducing input image resolution.",
         ),
-        ("bad", StatusCode::BAD_REQUEST, "LoRa repository 'x/y' not found"),
+        (
+            "bad",
+            StatusCode::BAD_REQUEST,
+            "LoRa repository 'x/y' not found",
+        ),
         (
             "broken",
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -45,7 +51,13 @@ async fn model_errors_become_ai_runners_answers() {
         ),
     ];
     for (prompt, status, expected) in cases {
-        let a = post(&base, "/image-to-image", valid_form(&[("prompt", prompt)]), None).await;
+        let a = post(
+            &base,
+            "/image-to-image",
+            valid_form(&[("prompt", prompt)]),
+            None,
+        )
+        .await;
         assert_eq!(a.status, status, "{prompt}: {}", a.body);
         assert_eq!(msg(&a.body), expected, "{prompt}");
     }
@@ -94,14 +106,7 @@ async fn gated_server(queue_depth: usize) -> (String, Gate) {
         })
     })
     .await;
-    (
-        base,
-        Gate {
-            started,
-            go,
-            seeds,
-        },
-    )
+    (base, Gate { started, go, seeds })
 }
 
 async fn metrics_page(base: &str) -> String {
@@ -168,8 +173,11 @@ async fn a_queued_job_whose_client_left_is_dropped() {
     // The client hangs up while its job waits; the server notices.
     leaving.abort();
     wait_for(|| async {
-        (metric(&metrics_page(&base).await, "tessera_runner_clients_gone_total") == Some(1.0))
-            .then_some(())
+        (metric(
+            &metrics_page(&base).await,
+            "tessera_runner_clients_gone_total",
+        ) == Some(1.0))
+        .then_some(())
     })
     .await;
     gate.go.send(()).unwrap();

@@ -134,8 +134,8 @@ pub async fn post(base: &str, path: &str, form: Form, token: Option<&str>) -> An
     let status = res.status();
     let headers = res.headers().clone();
     let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"));
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"));
     Answer {
         status,
         headers,
