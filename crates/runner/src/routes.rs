@@ -14,7 +14,6 @@ use subtle::ConstantTimeEq;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
-#[allow(unused_imports)] // Body_genImageToImage and the errors are named only in the document.
 use crate::api::{
     ApiDoc, Body_genImageToImage, HTTPError, HTTPValidationError, HardwareInformation,
     HardwareStats, HealthCheck, ImageResponse, Version,
