@@ -55,6 +55,7 @@ pub fn router(runner: Runner) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(inference)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(runner)
@@ -147,6 +148,15 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 /// FastAPI's 404 body.
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))).into_response()
+}
+
+/// FastAPI's 405 body (`GET /image-to-image`, say).
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"detail": "Method Not Allowed"})),
+    )
+        .into_response()
 }
 
 /// Counts inference responses by status, the 401s included.

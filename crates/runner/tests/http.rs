@@ -121,6 +121,22 @@ async fn the_engine_edits_with_seeded_png_data_urls() {
         msg(&a.body),
         "LoRa repository '/nowhere/x.safetensors' not found"
     );
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not safetensors").unwrap();
+    let junk = junk.to_string_lossy().into_owned();
+    let a = post(
+        &base,
+        "/image-to-image",
+        valid_form(&[("loras", &format!(r#"{{"{junk}": 1}}"#))]),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(
+        msg(&a.body),
+        format!("Unable to load LoRas for adapter '{junk}'")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -438,12 +454,20 @@ async fn an_auth_token_guards_inference_but_not_health() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unknown_paths_get_fastapis_404() {
+async fn unknown_paths_and_methods_get_fastapis_404_and_405() {
     let base = fake_server(config("m", None), echo).await;
     let res = reqwest::get(format!("{base}/nope")).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         res.json::<serde_json::Value>().await.unwrap(),
         json!({"detail": "Not Found"})
+    );
+    let res = reqwest::get(format!("{base}/image-to-image"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        json!({"detail": "Method Not Allowed"})
     );
 }
