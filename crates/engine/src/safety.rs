@@ -27,6 +27,9 @@ use crate::weights::{load_component, var_builder};
 use clip_vision::{ClipVisionConfig, ClipVisionModel};
 use preprocess::ImageProcessor;
 
+/// The checker ai-runner loads, and the one tessera uses unless told otherwise.
+pub const DEFAULT_MODEL_ID: &str = "CompVis/stable-diffusion-safety-checker";
+
 /// The checker's files in its model folder.
 const CONFIG_FILE: &str = "config.json";
 const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
@@ -223,7 +226,7 @@ impl SafetyChecker {
             .map(|(i, img)| {
                 let t = self.processor.preprocess(img)?;
                 let (_, h, w) = t.dims3()?;
-                if (h as usize, w as usize) != (size, size) {
+                if (h, w) != (size, size) {
                     return Err(Error::InvalidInput(format!(
                         "image {i} ({}x{}) preprocesses to {w}x{h}, but the safety checker takes {size}x{size}",
                         img.width, img.height

@@ -143,7 +143,7 @@ impl ImageProcessor {
         let normalize = if raw.do_normalize {
             let mean = channels("image_mean", raw.image_mean, OPENAI_CLIP_MEAN)?;
             let std = channels("image_std", raw.image_std, OPENAI_CLIP_STD)?;
-            if std.iter().any(|&s| s == 0.0) {
+            if std.contains(&0.0) {
                 return Err(format!("image_std {std:?} holds a zero"));
             }
             Some((mean, std))
@@ -327,8 +327,15 @@ mod tests {
         assert_eq!(p.crop, Some((224, 224)));
         assert_eq!(p.rescale_factor, Some(1.0 / 255.0));
         let (mean, std) = p.normalize.unwrap();
-        assert_eq!(mean, [0.48145466f32, 0.4578275, 0.40821073]);
-        assert_eq!(std, [0.26862954f32, 0.26130258, 0.27577711]);
+        // transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD, as numpy's f32.
+        assert_eq!(
+            mean,
+            [0.48145466f64, 0.4578275, 0.40821073].map(|v| v as f32)
+        );
+        assert_eq!(
+            std,
+            [0.26862954f64, 0.26130258, 0.27577711].map(|v| v as f32)
+        );
     }
 
     #[test]
