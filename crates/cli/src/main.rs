@@ -4,6 +4,7 @@ mod bench;
 mod edit;
 mod random_model;
 mod runner;
+mod safety_check;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a random-weight model folder with real configs (for benchmarks and diffusers).
     RandomModel(random_model::RandomModelArgs),
+    /// Run the NSFW safety checker on local images.
+    SafetyCheck(safety_check::SafetyCheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Edit(a) => edit::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),
+        Command::SafetyCheck(a) => safety_check::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

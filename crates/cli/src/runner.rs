@@ -33,6 +33,10 @@ pub struct RunnerArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The NSFW safety checker: a model id (looked up in --model-dir) or a folder, loaded
+    /// when a request first asks for a check.
+    #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]
+    safety_checker: String,
     /// Requests that may wait while one runs; past it, 503 with Retry-After.
     #[arg(long, default_value_t = RunnerConfig::default().queue_depth)]
     queue_depth: usize,
@@ -63,6 +67,7 @@ pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
         port: a.port,
         auth_token: a.auth_token,
         device: a.device,
+        safety_checker: a.safety_checker,
         version: a.version,
         queue_depth: a.queue_depth,
         limits: Limits {

@@ -129,9 +129,7 @@ impl ModelSpec {
         pipelines::load_with(&folder, &overrides, device, dtype).map_err(|e| match e {
             // Name the model in what went wrong inside its folder (a missing file, a bad
             // config); the folder path alone does not say which id the user asked for.
-            Error::Model(_) | Error::Io { .. } => {
-                Error::Model(format!("model '{}': {e}", self.id))
-            }
+            Error::Model(_) | Error::Io { .. } => Error::Model(format!("model '{}': {e}", self.id)),
             other => other,
         })
     }
@@ -187,7 +185,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("someone/broken-xl") && e.contains("text_encoder_2"), "{e}");
+        assert!(
+            e.contains("someone/broken-xl") && e.contains("text_encoder_2"),
+            "{e}"
+        );
     }
 
     #[test]

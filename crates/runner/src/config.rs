@@ -28,6 +28,9 @@ pub struct RunnerConfig {
     pub auth_token: Option<String>,
     /// `cpu`, `cuda` or `cuda:N` (see `tessera_engine::device::parse`).
     pub device: String,
+    /// The NSFW safety checker (hub id in `model_dir`, or a folder), loaded when a request
+    /// first asks for a check.
+    pub safety_checker: String,
     /// What `/version` reports (ai-runner's `VERSION`; "undefined" when not given).
     pub version: String,
     /// Requests allowed to wait while one runs; past it, 503 with `Retry-After`.
@@ -71,6 +74,7 @@ impl Default for RunnerConfig {
             port: DEFAULT_PORT,
             auth_token: None,
             device: "cpu".into(),
+            safety_checker: tessera_engine::safety::DEFAULT_MODEL_ID.into(),
             version: "undefined".into(),
             queue_depth: 8,
             limits: Limits::default(),
@@ -88,6 +92,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("port", &self.port)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("device", &self.device)
+            .field("safety_checker", &self.safety_checker)
             .field("version", &self.version)
             .field("queue_depth", &self.queue_depth)
             .field("limits", &self.limits)

@@ -1,6 +1,6 @@
 //! The `POST /image-to-image` form: reading the multipart fields the way FastAPI does (422
 //! for a missing or unparsable field), then checking what FastAPI's ai-runner does not
-//! (ranges, model, LoRAs, safety checker) with 400s that name the field and what is allowed.
+//! (ranges, model, LoRAs, sizes) with 400s that name the field and what is allowed.
 
 use std::collections::HashMap;
 
@@ -128,13 +128,6 @@ impl ImageToImageForm {
         )?;
         let strength = in_range("strength", self.strength, 0.0, 1.0)?;
         let seeds = seeds(self.seed, images as u64)?;
-        if self.safety_check {
-            // Reporting an unchecked image as safe would be a lie the caller cannot detect.
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "The NSFW safety checker is not available yet; send safety_check=false.",
-            ));
-        }
         let params = EditParams {
             prompt,
             negative_prompt,
@@ -367,7 +360,7 @@ mod tests {
         let job = form.check("m", &Limits::default()).unwrap();
         assert_eq!(job.images.len(), 1);
         assert!(job.images[0].seed <= u64::from(u32::MAX));
-        // safety_check defaults to true, which this runner cannot honour yet.
+        // safety_check defaults to true, as in ai-runner.
         let form = ImageToImageForm::from_parts(parts(&[("prompt", "p"), ("image", "x")])).unwrap();
         assert!(form.safety_check);
     }
@@ -477,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn model_loras_and_safety_are_refused_with_reasons() {
+    fn models_and_loras_are_checked_with_reasons() {
         let m = msg(valid(&[("model_id", "other/model")])
             .check("org/model", &Limits::default())
             .unwrap_err());
@@ -504,15 +497,9 @@ mod tests {
             .check("m", &Limits::default())
             .unwrap_err());
         assert_eq!(m, "Unable to parse '{oops' as JSON.");
-        let err = valid(&[("safety_check", "TRUE")])
+        let job = valid(&[("safety_check", "TRUE")])
             .check("m", &Limits::default())
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            ApiError::Msg {
-                status: StatusCode::NOT_IMPLEMENTED,
-                ..
-            }
-        ));
+            .unwrap();
+        assert!(job.images[0].safety_check);
     }
 }

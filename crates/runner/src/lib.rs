@@ -9,11 +9,9 @@
 //! URLs. `/hardware/*`, `/version`, `/metrics` (Prometheus) and `/openapi.json` complete the
 //! API.
 //!
-//! The model is the engine's `Editor` (forced turbo/Lightning settings, LoRA adapters);
-//! the worker depends only on the [`Model`] trait, which tests implement with fakes.
-//!
-//! Not here yet: the NSFW safety checker (requests with `safety_check=true` get a 501 until
-//! the engine has one).
+//! The model is the engine's `Editor` (forced turbo/Lightning settings, LoRA adapters, the
+//! NSFW safety checker); the worker depends only on the [`Model`] trait, which tests
+//! implement with fakes.
 
 mod api;
 mod config;

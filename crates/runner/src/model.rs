@@ -37,7 +37,8 @@ pub trait Model: Send {
 }
 
 /// The engine's editor: the model with the settings it forces, LoRA adapters switched per
-/// request, torch-compatible noise from the seed (so that a seed gives what diffusers gives).
+/// request, the safety checker, torch-compatible noise from the seed (so that a seed gives
+/// what diffusers gives).
 impl Model for Editor {
     fn generate(
         &mut self,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use tessera_engine::editor::{Editor, EditorConfig};
 use tessera_engine::hub::ModelStore;
+use tessera_engine::safety::SharedSafetyChecker;
 
 use crate::api::Health;
 use crate::config::{Limits, RunnerConfig, PIPELINE};
@@ -47,11 +48,15 @@ impl Runner {
     /// name or pipeline is an error here, before anything is loaded.
     pub fn start(config: &RunnerConfig) -> anyhow::Result<Self> {
         let device = tessera_engine::device::parse(&config.device)?;
+        let store = ModelStore::new(&config.model_dir);
+        let safety =
+            SharedSafetyChecker::new(store.clone(), &config.safety_checker, device.clone());
         let editor = EditorConfig {
             model_id: config.model_id.clone(),
-            store: ModelStore::new(&config.model_dir),
+            store,
             dtype: tessera_engine::device::default_dtype(&device),
             device,
+            safety: Arc::new(safety),
         };
         Ok(Self::start_with(config, move || load_editor(&editor)))
     }

@@ -7,17 +7,31 @@ use common::*;
 use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::json;
-use tessera_engine::editor::{EditRequest, Editor, EditorConfig};
+use std::sync::Arc;
+
+use tessera_engine::editor::{EditRequest, EditedImage, Editor, EditorConfig};
 use tessera_engine::hub::ModelStore;
 use tessera_engine::pipelines::EditParams;
+use tessera_engine::safety::SharedSafetyChecker;
 use tessera_runner::{Limits, Runner, RunnerConfig};
 
+fn safety_checker_folder() -> String {
+    fixtures()
+        .join("diffusers-parity/models/tiny-safety-checker")
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn editor_config() -> EditorConfig {
+    let store = ModelStore::new(std::env::temp_dir());
+    let device = candle_core::Device::Cpu;
+    let safety = SharedSafetyChecker::new(store.clone(), safety_checker_folder(), device.clone());
     EditorConfig {
         model_id: model_folder(),
-        store: ModelStore::new(std::env::temp_dir()),
-        device: candle_core::Device::Cpu,
+        store,
+        device,
         dtype: candle_core::DType::F32,
+        safety: Arc::new(safety),
     }
 }
 
@@ -28,8 +42,9 @@ fn lora_file() -> String {
         .into_owned()
 }
 
-/// What the engine computes for the same request with `seed` (and `loras`), run directly.
-fn engine_image(seed: u64, loras: Vec<(String, f64)>) -> Vec<u8> {
+/// What the engine computes for the same request with `seed` (and `loras`), run directly,
+/// with the safety check.
+fn engine_image(seed: u64, loras: Vec<(String, f64)>) -> EditedImage {
     let mut editor = Editor::load(&editor_config()).unwrap();
     let input = tessera_engine::image_io::decode(&input_png()).unwrap();
     let request = EditRequest {
@@ -41,23 +56,31 @@ fn engine_image(seed: u64, loras: Vec<(String, f64)>) -> Vec<u8> {
         loras,
         seed,
         num_images: 1,
-        safety_check: false,
+        safety_check: true,
     };
     let out = editor
         .edit(&input, &request, &mut |_, _| {}, &|| true)
         .unwrap();
-    out.into_iter().next().unwrap().image.data
+    out.into_iter().next().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_edits_with_seeded_png_data_urls() {
-    let base = spawn(Runner::start(&config(&model_folder(), None)).unwrap()).await;
+    let config = RunnerConfig {
+        safety_checker: safety_checker_folder(),
+        ..config(&model_folder(), None)
+    };
+    let base = spawn(Runner::start(&config).unwrap()).await;
     assert_eq!(settled_health(&base).await, "OK");
     let model = model_folder();
     let a = post(
         &base,
         "/image-to-image",
-        valid_form(&[("seed", "1234"), ("model_id", &model)]),
+        valid_form(&[
+            ("seed", "1234"),
+            ("model_id", &model),
+            ("safety_check", "true"),
+        ]),
         None,
     )
     .await;
@@ -67,15 +90,13 @@ async fn the_engine_edits_with_seeded_png_data_urls() {
     let mut pixels = Vec::new();
     for (i, item) in images.iter().enumerate() {
         assert_eq!(item["seed"], json!(1234 + i as u64));
-        assert_eq!(item["nsfw"], json!(false));
         let img = decode_data_url(item["url"].as_str().unwrap());
         assert_eq!(img.dimensions(), (64, 64));
-        // Image i is exactly the engine's run seeded 1234 + i: the seeds are the ones used.
-        assert_eq!(
-            img.as_raw(),
-            &engine_image(1234 + i as u64, vec![]),
-            "image {i}"
-        );
+        // Image i is exactly the engine's run seeded 1234 + i (the seeds are the ones used),
+        // and its nsfw flag is what the safety checker says of it.
+        let want = engine_image(1234 + i as u64, vec![]);
+        assert_eq!(img.as_raw(), &want.image.data, "image {i}");
+        assert_eq!(item["nsfw"], json!(want.nsfw), "image {i}");
         pixels.push(img.into_raw());
     }
     assert_ne!(
@@ -105,7 +126,10 @@ async fn the_engine_edits_with_seeded_png_data_urls() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let img = decode_data_url(a.body["images"][0]["url"].as_str().unwrap());
-    assert_eq!(img.as_raw(), &engine_image(1234, vec![(lora_file(), 0.8)]));
+    assert_eq!(
+        img.as_raw(),
+        &engine_image(1234, vec![(lora_file(), 0.8)]).image.data
+    );
     assert_ne!(img.into_raw(), pixels[0]);
 
     // One that does not exist is ai-runner's 400, and the model serves on unchanged.
@@ -287,16 +311,14 @@ async fn bad_requests_get_400s_that_say_why() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 
-    // safety_check defaults to true; the checker is not built, so no image is called safe.
-    let a = post(
-        &base,
-        "/image-to-image",
-        valid_form(&[("safety_check", "true")]),
-        None,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::NOT_IMPLEMENTED, "{}", a.body);
-    assert!(msg(&a.body).contains("safety_check=false"), "{}", a.body);
+    // safety_check defaults to true and reaches the model (the echo model flags odd seeds).
+    let form = Form::new()
+        .text("prompt", "p")
+        .text("seed", "3")
+        .part("image", image_part(input_png()));
+    let a = post(&base, "/image-to-image", form, None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["images"][0]["nsfw"], json!(true), "{}", a.body);
 }
 
 /// A PNG whose header claims `width` x `height` pixels, with (almost) no pixel data behind

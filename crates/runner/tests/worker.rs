@@ -62,7 +62,8 @@ async fn model_errors_become_ai_runners_answers() {
         assert_eq!(msg(&a.body), expected, "{prompt}");
     }
     // The worker survives a panic and serves the next request; nsfw is per image.
-    let a = post(&base, "/image-to-image", valid_form(&[("seed", "7")]), None).await;
+    let form = valid_form(&[("seed", "7"), ("safety_check", "true")]);
+    let a = post(&base, "/image-to-image", form, None).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let flags: Vec<(u64, bool)> = a.body["images"]
         .as_array()

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use super::adapter::{Component, LoraAdapter, LoraModule};
 use super::incompatible;
@@ -24,25 +25,40 @@ pub fn patch(
     adapters: &[(Arc<LoraAdapter>, f64)],
 ) -> Result<TensorMap> {
     let component = parse_component(component)?;
-    let plan = plan(component, base, adapters.iter().map(|(a, s)| (&**a, *s)))?;
+    let plan: Vec<_> = plan(component, base, adapters.iter().map(|(a, s)| (&**a, *s)))?
+        .into_iter()
+        .collect();
+    // Weights merge independently of one another: spread them over the cores (an SDXL
+    // UNet's attention projections alone are a billion weights to convert and add).
+    let merged: Vec<Option<(String, Tensor)>> = plan
+        .par_iter()
+        .map(|(target, updates)| {
+            merge_one(&base[*target], updates).map(|m| m.map(|t| (target.to_string(), t)))
+        })
+        .collect::<Result<_>>()?;
     let mut patched = base.clone();
-    for (target, updates) in plan {
-        let weight = &base[target];
-        let mut merged = weight.to_dtype(DType::F32)?;
-        let mut changed = false;
-        for (module, strength) in updates {
-            let factor = strength * module.scaling();
-            if factor == 0.0 {
-                continue;
-            }
-            merged = (merged + (delta(module, weight)? * factor)?)?;
-            changed = true;
-        }
-        if changed {
-            patched.insert(target.to_string(), merged.to_dtype(weight.dtype())?);
-        }
-    }
+    patched.extend(merged.into_iter().flatten());
     Ok(patched)
+}
+
+/// `weight` with `updates` added, or None when every update has strength 0.
+fn merge_one(weight: &Tensor, updates: &[(&LoraModule, f64)]) -> Result<Option<Tensor>> {
+    let mut merged: Option<Tensor> = None;
+    for (module, strength) in updates {
+        let factor = strength * module.scaling();
+        if factor == 0.0 {
+            continue;
+        }
+        let base = match merged.take() {
+            Some(m) => m,
+            None => weight.to_dtype(DType::F32)?,
+        };
+        merged = Some((base + (delta(module, weight)? * factor)?)?);
+    }
+    Ok(match merged {
+        Some(m) => Some(m.to_dtype(weight.dtype())?),
+        None => None,
+    })
 }
 
 /// Checks, before anything is computed, that `adapter` fits a pipeline whose components are

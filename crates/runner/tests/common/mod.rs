@@ -191,7 +191,7 @@ where
     base
 }
 
-/// Gives the input image back, flagged as NSFW when the seed is odd.
+/// Gives the input image back; when asked for a safety check, odd seeds are flagged.
 pub fn echo(
     image: &RgbImage,
     request: &ImageRequest,
@@ -199,6 +199,6 @@ pub fn echo(
 ) -> tessera_engine::Result<Generated> {
     Ok(Generated {
         image: image.clone(),
-        nsfw: request.seed % 2 == 1,
+        nsfw: request.safety_check && request.seed % 2 == 1,
     })
 }
