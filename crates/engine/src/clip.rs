@@ -152,8 +152,19 @@ impl ClipTextConfig {
             .any(|a| a == "CLIPTextModelWithProjection")
     }
 
+    #[cfg(test)]
     fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    fn layer_shape(&self) -> LayerShape {
+        LayerShape {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            eps: self.layer_norm_eps,
+            act: self.hidden_act,
+        }
     }
 }
 
@@ -213,15 +224,15 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(vb: VarBuilder, c: &ClipTextConfig) -> Result<Self> {
-        let h = c.hidden_size;
+    fn new(vb: VarBuilder, s: &LayerShape) -> Result<Self> {
+        let h = s.hidden;
         Ok(Self {
             q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
             k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
             v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
             out: candle_nn::linear(h, h, vb.pp("out_proj"))?,
-            heads: c.num_attention_heads,
-            head_dim: c.head_dim(),
+            heads: s.heads,
+            head_dim: h / s.heads,
         })
     }
 
@@ -234,19 +245,21 @@ impl SelfAttention {
             .contiguous()?)
     }
 
-    /// `mask` is the additive causal mask in f32, [seq, seq]. The scores are scaled by
-    /// 1/sqrt(head_dim) through the queries (fewer values than the scores, and smaller
-    /// products in f16), then softmaxed in f32 whatever the model dtype, as transformers does.
-    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `mask` is an additive mask in f32, [seq, seq] (the text tower's causal mask; the
+    /// vision tower has none). The scores are scaled by 1/sqrt(head_dim) through the queries
+    /// (fewer values than the scores, and smaller products in f16), then softmaxed in f32
+    /// whatever the model dtype, as transformers does.
+    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let q = self.split_heads((self.q.forward(xs)? * scale)?)?;
         let k = self.split_heads(self.k.forward(xs)?)?;
         let v = self.split_heads(self.v.forward(xs)?)?;
-        let scores = q
-            .matmul(&k.t()?)?
-            .to_dtype(DType::F32)?
-            .broadcast_add(mask)?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let context = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         Ok(self.out.forward(&context)?)
@@ -261,11 +274,11 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(vb: VarBuilder, c: &ClipTextConfig) -> Result<Self> {
+    fn new(vb: VarBuilder, s: &LayerShape) -> Result<Self> {
         Ok(Self {
-            fc1: candle_nn::linear(c.hidden_size, c.intermediate_size, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(c.intermediate_size, c.hidden_size, vb.pp("fc2"))?,
-            act: c.hidden_act,
+            fc1: candle_nn::linear(s.hidden, s.intermediate, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(s.intermediate, s.hidden, vb.pp("fc2"))?,
+            act: s.act,
         })
     }
 
@@ -275,9 +288,19 @@ impl Mlp {
     }
 }
 
+/// The sizes of one CLIP transformer layer; the text and vision towers share the layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub eps: f64,
+    pub act: Activation,
+}
+
 /// Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
 #[derive(Debug)]
-struct EncoderLayer {
+pub(crate) struct EncoderLayer {
     norm1: LayerNorm,
     attn: SelfAttention,
     norm2: LayerNorm,
@@ -285,16 +308,17 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(vb: VarBuilder, c: &ClipTextConfig) -> Result<Self> {
+    /// `vb` at the layer (`encoder.layers.N`).
+    pub(crate) fn new(vb: VarBuilder, s: &LayerShape) -> Result<Self> {
         Ok(Self {
-            norm1: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
-            attn: SelfAttention::new(vb.pp("self_attn"), c)?,
-            norm2: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            mlp: Mlp::new(vb.pp("mlp"), c)?,
+            norm1: candle_nn::layer_norm(s.hidden, s.eps, vb.pp("layer_norm1"))?,
+            attn: SelfAttention::new(vb.pp("self_attn"), s)?,
+            norm2: candle_nn::layer_norm(s.hidden, s.eps, vb.pp("layer_norm2"))?,
+            mlp: Mlp::new(vb.pp("mlp"), s)?,
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?, mask)?)?;
         Ok((&xs + self.mlp.forward(&self.norm2.forward(&xs)?)?)?)
     }
@@ -333,7 +357,7 @@ impl ClipTextModel {
         };
         let embeddings = Embeddings::new(text.pp("embeddings"), &config)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::new(text.pp("encoder.layers").pp(i), &config))
+            .map(|i| EncoderLayer::new(text.pp("encoder.layers").pp(i), &config.layer_shape()))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = candle_nn::layer_norm(
             config.hidden_size,
@@ -395,7 +419,7 @@ impl ClipTextModel {
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         let mut xs = self.embeddings.forward(&ids)?;
         for layer in &self.layers {
-            let next = layer.forward(&xs, &mask)?;
+            let next = layer.forward(&xs, Some(&mask))?;
             hidden_states.push(xs);
             xs = next;
         }

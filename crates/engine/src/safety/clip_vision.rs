@@ -8,11 +8,11 @@
 //! `post_layernorm` is the pooled output. Position embeddings are never interpolated, so
 //! the input must be exactly `image_size` square, as transformers requires by default.
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use crate::clip::Activation;
+use crate::clip::{Activation, EncoderLayer, LayerShape};
 use crate::error::{Error, Result};
 
 /// transformers' `CLIPVisionConfig`, the keys the vision model reads; missing keys take its
@@ -92,8 +92,14 @@ impl ClipVisionConfig {
         Ok(())
     }
 
-    fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+    fn layer_shape(&self) -> LayerShape {
+        LayerShape {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            eps: self.layer_norm_eps,
+            act: self.hidden_act,
+        }
     }
 
     /// Patches per image (the class token not counted).
@@ -146,86 +152,6 @@ impl Embeddings {
     }
 }
 
-#[derive(Debug)]
-struct SelfAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
-    head_dim: usize,
-}
-
-impl SelfAttention {
-    fn new(vb: VarBuilder, c: &ClipVisionConfig) -> Result<Self> {
-        let h = c.hidden_size;
-        Ok(Self {
-            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
-            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
-            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
-            out: candle_nn::linear(h, h, vb.pp("out_proj"))?,
-            heads: c.num_attention_heads,
-            head_dim: c.head_dim(),
-        })
-    }
-
-    /// [batch, seq, hidden] -> [batch, heads, seq, head_dim], contiguous for the matmuls.
-    fn split_heads(&self, xs: Tensor) -> Result<Tensor> {
-        let (b, s, _) = xs.dims3()?;
-        Ok(xs
-            .reshape((b, s, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?)
-    }
-
-    /// Every token attends to every token. The scores are scaled by 1/sqrt(head_dim) and
-    /// softmaxed in f32 whatever the model dtype, as transformers does.
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, s, h) = xs.dims3()?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = self.split_heads((self.q.forward(xs)? * scale)?)?;
-        let k = self.split_heads(self.k.forward(xs)?)?;
-        let v = self.split_heads(self.v.forward(xs)?)?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let context = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        Ok(self.out.forward(&context)?)
-    }
-}
-
-/// Pre-norm transformer block: x + attn(ln1(x)), then x + fc2(act(fc1(ln2(x)))).
-#[derive(Debug)]
-struct EncoderLayer {
-    norm1: LayerNorm,
-    attn: SelfAttention,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
-}
-
-impl EncoderLayer {
-    fn new(vb: VarBuilder, c: &ClipVisionConfig) -> Result<Self> {
-        let mlp = vb.pp("mlp");
-        Ok(Self {
-            norm1: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
-            attn: SelfAttention::new(vb.pp("self_attn"), c)?,
-            norm2: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(c.hidden_size, c.intermediate_size, mlp.pp("fc1"))?,
-            fc2: candle_nn::linear(c.intermediate_size, c.hidden_size, mlp.pp("fc2"))?,
-            act: c.hidden_act,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?)?)?;
-        let hidden = self
-            .act
-            .apply(&self.fc1.forward(&self.norm2.forward(&xs)?)?)?;
-        Ok((&xs + self.fc2.forward(&hidden)?)?)
-    }
-}
-
 /// `CLIPVisionModel`, computing its pooled output.
 #[derive(Debug)]
 pub struct ClipVisionModel {
@@ -243,7 +169,7 @@ impl ClipVisionModel {
         config.validate().map_err(Error::Model)?;
         let c = &config;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| EncoderLayer::new(vb.pp("encoder.layers").pp(i), c))
+            .map(|i| EncoderLayer::new(vb.pp("encoder.layers").pp(i), &c.layer_shape()))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: Embeddings::new(vb.pp("embeddings"), c)?,
@@ -278,7 +204,7 @@ impl ClipVisionModel {
         }
         let mut xs = self.pre_norm.forward(&self.embeddings.forward(pixels)?)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+            xs = layer.forward(&xs, None)?;
         }
         let class_state = xs.narrow(1, 0, 1)?.squeeze(1)?;
         Ok(self.post_norm.forward(&class_state.contiguous()?)?)
