@@ -2,7 +2,11 @@
 
 mod bench;
 mod edit;
+mod gateway;
+mod jobs;
+mod orchestrator;
 mod random_model;
+mod runner;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,8 +24,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a warm model over HTTP (ai-runner's API).
+    /// Everything in one process: gateway, orchestrator and the warm model, with local
+    /// result storage and a SQLite ledger.
     Serve(serve::ServeArgs),
+    /// One warm model behind ai-runner's HTTP API (a drop-in ai-runner container).
+    Runner(runner::RunnerArgs),
+    /// Serve gateways' jobs with the models of an aiModels.json list.
+    Orchestrator(orchestrator::OrchestratorArgs),
+    /// The public API: route jobs to orchestrators by price, store results, keep a ledger.
+    Gateway(gateway::GatewayArgs),
+    /// List a gateway ledger's recent jobs and totals per orchestrator.
+    Jobs(jobs::JobsArgs),
     /// Edit one local image with a diffusion model (no server).
     Edit(Box<edit::EditArgs>),
     /// Time the engine's components on random-weight real-size architectures.
@@ -34,7 +47,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A server logs what it does (listening, model loaded, requests); one-shot commands keep
     // stderr for their progress bar and errors. RUST_LOG overrides both.
-    let default_level = if matches!(cli.command, Command::Serve(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Runner(_) | Command::Orchestrator(_) | Command::Gateway(_)
+    ) {
         "info"
     } else {
         "warn"
@@ -48,6 +64,10 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
+        Command::Runner(a) => runner::run(a),
+        Command::Orchestrator(a) => orchestrator::run(a),
+        Command::Gateway(a) => gateway::run(a),
+        Command::Jobs(a) => jobs::run(a),
         Command::Edit(a) => edit::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),
