@@ -69,3 +69,9 @@ pub fn unauthorized() -> Response {
     )
         .into_response()
 }
+
+/// A body that could not be read (past the size limit: 413), in the runner's JSON shape
+/// rather than axum's plain text.
+pub fn body_rejected(r: axum::extract::rejection::BytesRejection) -> Response {
+    ApiError::new(r.status(), r.body_text()).into_response()
+}

@@ -121,3 +121,57 @@ impl std::fmt::Debug for GatewayConfig {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::price::Currency;
+
+    #[test]
+    fn the_documented_config_loads() {
+        let config: GatewayConfig = serde_json::from_str(
+            r#"{
+              "orchestrators": ["http://10.0.0.2:8936", "http://10.0.0.3:8936"],
+              "orchestrator_secret": "s3cret",
+              "max_price": {
+                "default": {"price_per_unit": 3, "pixels_per_unit": 1000000, "currency": "USD"},
+                "org/model": {"price_per_unit": "1.5", "pixels_per_unit": 1e6, "currency": "usd"}
+              },
+              "api_keys": ["client-key-1"],
+              "storage": {"kind": "s3", "bucket": "results", "endpoint": "http://minio:9000",
+                          "allow_http": true},
+              "retention_hours": 2
+            }"#,
+        )
+        .unwrap();
+        config.check().unwrap();
+        let prices = config.max_prices().unwrap();
+        assert_eq!(prices["default"].price_per_pixel, 3e-6);
+        assert_eq!(prices["org/model"].currency, Currency::Usd);
+        assert!(matches!(
+            config.storage,
+            StorageConfig::S3 {
+                allow_http: true,
+                ..
+            }
+        ));
+        assert_eq!(config.max_attempts, 3);
+        assert_eq!(config.default_model, "timbrooks/instruct-pix2pix");
+    }
+
+    #[test]
+    fn unusable_configs_are_refused_naming_the_field() {
+        let typo = serde_json::from_str::<GatewayConfig>(r#"{"orchestrator": []}"#).unwrap_err();
+        assert!(
+            typo.to_string().contains("unknown field `orchestrator`"),
+            "{typo}"
+        );
+        let config: GatewayConfig = serde_json::from_str(r#"{"retention_hours": 0}"#).unwrap();
+        let e = config.check().unwrap_err().to_string();
+        assert!(e.contains("retention_hours"), "{e}");
+        let config: GatewayConfig =
+            serde_json::from_str(r#"{"max_price": {"default": {"price_per_unit": -1}}}"#).unwrap();
+        let e = config.check().unwrap_err().to_string();
+        assert!(e.contains("max_price for default"), "{e}");
+    }
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -145,12 +146,15 @@ pub async fn serve_on(listener: TcpListener, gateway: Gateway) -> anyhow::Result
 async fn image_to_image(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !gateway.authorized(&headers) {
         return unauthorized();
     }
-    job::handle(&gateway, &headers, body).await
+    match body {
+        Ok(body) => job::handle(&gateway, &headers, body).await,
+        Err(r) => crate::error::body_rejected(r),
+    }
 }
 
 /// A stored result. Names are checked before the store is asked, so that no path can

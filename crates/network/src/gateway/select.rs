@@ -14,7 +14,8 @@ pub struct Candidate {
     pub latency_score: Option<f64>,
 }
 
-/// Latency scores closer than this factor are noise: between them, price decides.
+/// Latency scores are compared in steps of this factor (on a log scale): smaller
+/// differences are mostly noise, and within a step price decides.
 const SCORE_STEP: f64 = 1.25;
 
 /// The candidates to try, in order: those within `max` (any price when `None`), warm

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -297,13 +298,17 @@ pub async fn serve_on(listener: TcpListener, orchestrator: Orchestrator) -> anyh
 async fn image_to_image(
     State(orchestrator): State<Orchestrator>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !orchestrator.inner.secret.is_empty()
         && !bearer_accepted(&headers, &orchestrator.inner.secret)
     {
         return unauthorized();
     }
+    let body = match body {
+        Ok(body) => body,
+        Err(r) => return crate::error::body_rejected(r),
+    };
     orchestrator
         .run(&headers, body)
         .await
