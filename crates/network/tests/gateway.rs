@@ -101,6 +101,36 @@ async fn warm_orchestrators_come_before_cold_ones_then_cheaper_ones() {
 }
 
 #[tokio::test]
+async fn once_measured_the_faster_orchestrator_wins_over_the_cheaper_one() {
+    // The slow one takes a second more per job: far beyond the 25% noise step.
+    let slow = fake_runner(
+        Behaviour::Slow {
+            tag: 1,
+            millis: 1000,
+        },
+        None,
+    )
+    .await;
+    let fast = fake_runner(Behaviour::Answer { tag: 2 }, None).await;
+    let o_slow = orchestrator_for(&slow, true, 1.0).await;
+    let o_fast = orchestrator_for(&fast, true, 2.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(gateway_config(dir.path(), &[&o_slow, &o_fast])).await;
+    let mut served_by = Vec::new();
+    for _ in 0..4 {
+        let (status, id, body) = post_job(&gw, form(input_png(8, 8), &[]), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let row = ledger_row(&gw, &id, None).await;
+        served_by.push(row["orchestrator"].as_str().unwrap().to_owned());
+    }
+    // Unmeasured: the cheaper first, then the other to measure it; then the faster.
+    assert_eq!(
+        served_by,
+        [o_slow.clone(), o_fast.clone(), o_fast.clone(), o_fast]
+    );
+}
+
+#[tokio::test]
 async fn failures_and_insufficient_capacity_move_the_job_to_the_next_orchestrator() {
     let failing = fake_runner(Behaviour::Fail, None).await;
     let busy = fake_runner(Behaviour::Block { tag: 1 }, None).await;

@@ -173,7 +173,7 @@ impl Orchestrator {
             models
                 .iter()
                 .position(|m| m.entry.warm)
-                .or(if models.is_empty() { None } else { Some(0) })
+                .or((!models.is_empty()).then_some(0))
         } else {
             models.iter().position(|m| m.entry.model_id == model_id)
         };
@@ -204,7 +204,7 @@ impl Orchestrator {
                     .await
             }
             Backend::Local(local) => {
-                let runner = self.local_runner(index).await?;
+                let runner = self.local_runner(index, local).await?;
                 let response = backend::forward_local(runner.clone(), headers, body).await;
                 local.drop_if_failed(&runner);
                 Ok(response)
@@ -214,12 +214,13 @@ impl Orchestrator {
 
     /// The in-process runner of model `index`, loaded if it is not (unloading an idle cold
     /// model first when too many are loaded), once it has finished loading.
-    async fn local_runner(&self, index: usize) -> Result<tessera_runner::Runner, ApiError> {
+    async fn local_runner(
+        &self,
+        index: usize,
+        local: &LocalModel,
+    ) -> Result<tessera_runner::Runner, ApiError> {
         let runner = {
             let _one_load_at_a_time = self.inner.backends.loading.lock().await;
-            let Backend::Local(local) = &self.inner.models[index].backend else {
-                unreachable!("local_runner is only called for in-process models")
-            };
             match local.touch() {
                 Some(runner) => runner,
                 None => {

@@ -34,6 +34,8 @@ pub enum Behaviour {
     Hang,
     /// Waits until [`FakeRunner::release`] is called, then answers like `Answer`.
     Block { tag: u8 },
+    /// Takes `millis` before answering like `Answer`.
+    Slow { tag: u8, millis: u64 },
 }
 
 /// A fake runner and what it saw.
@@ -96,6 +98,10 @@ async fn fake_job(State(s): State<FakeState>, headers: HeaderMap, mut form: Mult
         Behaviour::Answer { tag } => tag,
         Behaviour::Block { tag } => {
             let _permit = s.gate.acquire().await.unwrap();
+            tag
+        }
+        Behaviour::Slow { tag, millis } => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
             tag
         }
         Behaviour::Fail => {
