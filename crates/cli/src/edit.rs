@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use tessera_engine::editor::{EditRequest, Editor, EditorConfig};
 use tessera_engine::image_io;
-use tessera_engine::noise::TorchCpuNoise;
-use tessera_engine::pipelines::{self, EditParams};
+use tessera_engine::pipelines::EditParams;
 
 #[derive(clap::Args)]
 pub struct EditArgs {
@@ -42,7 +42,7 @@ pub struct EditArgs {
     seed: Option<u64>,
     #[arg(long, default_value_t = 1)]
     num_images: usize,
-    /// LoRA adapters as JSON: {"repo-or-path": weight}.
+    /// LoRA adapters as JSON, {"ORG/NAME or path.safetensors": scale}, at most 4.
     #[arg(long)]
     loras: Option<String>,
     /// Skip the NSFW check (reports nsfw: false, as ai-runner does).
@@ -72,11 +72,6 @@ fn output_path(out: &Path, i: usize) -> PathBuf {
 }
 
 fn check(a: &EditArgs) -> anyhow::Result<()> {
-    if let Some(l) = a.loras.as_deref() {
-        if !matches!(l.trim(), "" | "{}") {
-            bail!("--loras: LoRA adapters are not supported yet");
-        }
-    }
     if a.num_images == 0 {
         bail!("--num-images must be at least 1");
     }
@@ -96,13 +91,14 @@ fn check(a: &EditArgs) -> anyhow::Result<()> {
 
 pub fn run(a: EditArgs) -> anyhow::Result<()> {
     check(&a)?;
+    let loras =
+        tessera_engine::lora::parse_loras(a.loras.as_deref().unwrap_or("")).context("--loras")?;
     let device = tessera_engine::device::parse(&a.device)?;
     let store = tessera_engine::hub::ModelStore::new(
         a.model_dir
             .clone()
             .unwrap_or_else(tessera_engine::hub::default_model_dir),
     );
-    let folder = store.resolve_id_or_dir(&a.model, None)?;
     let image = image_io::read(&a.image)?;
     // Fail on an unwritable destination now, not after minutes of denoising.
     if let Some(parent) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -110,54 +106,57 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let started = Instant::now();
-    let pipe = pipelines::load(
-        &folder,
-        &device,
-        tessera_engine::device::default_dtype(&device),
-    )
+    let mut editor = Editor::load(&EditorConfig {
+        model_id: a.model.clone(),
+        store,
+        dtype: tessera_engine::device::default_dtype(&device),
+        device,
+    })
     .with_context(|| format!("loading {}", a.model))?;
-    tracing::info!(model = %a.model, folder = %folder.display(), secs = started.elapsed().as_secs_f64(), "model loaded");
+    tracing::info!(model = %a.model, pipeline = editor.pipeline_name(), secs = started.elapsed().as_secs_f64(), "model loaded");
     if !a.no_safety_check {
         eprintln!("warning: the NSFW safety checker is not available yet; images are not checked (nsfw: null)");
     }
-    let params = EditParams {
-        prompt: a.prompt.clone(),
-        negative_prompt: a.negative_prompt.clone(),
-        num_inference_steps: a.steps,
-        guidance_scale: a.guidance_scale,
-        image_guidance_scale: a.image_guidance_scale,
-        strength: a.strength,
+    let request = EditRequest {
+        params: EditParams {
+            prompt: a.prompt.clone(),
+            negative_prompt: a.negative_prompt.clone(),
+            num_inference_steps: a.steps,
+            guidance_scale: a.guidance_scale,
+            image_guidance_scale: a.image_guidance_scale,
+            strength: a.strength,
+        },
+        loras,
+        seed: a.seed.unwrap_or_else(|| rand::random::<u32>() as u64),
+        num_images: a.num_images,
+        safety_check: false,
     };
-    let seed = a.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
-    let bar = ProgressBar::new((a.steps * a.num_images) as u64).with_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}")
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let mut results = Vec::with_capacity(a.num_images);
-    for i in 0..a.num_images {
-        let image_seed = seed.wrapping_add(i as u64);
-        bar.set_message(format!("image {}/{}", i + 1, a.num_images));
-        let done_before = (i * a.steps) as u64;
-        let mut noise = TorchCpuNoise::new(image_seed);
-        let out = pipe.run(&params, &image, &mut noise, &mut |step, total| {
-            bar.set_length(done_before + (total * (a.num_images - i)) as u64);
-            bar.set_position(done_before + step as u64);
-        })?;
+    let images = editor.edit(
+        &image,
+        &request,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+        &|| true,
+    )?;
+    bar.finish_and_clear();
+    let mut results = Vec::with_capacity(images.len());
+    for (i, out) in images.iter().enumerate() {
         let path = output_path(&a.output, i);
-        let rgb = image_io::to_rgb8(&out.images)?
-            .into_iter()
-            .next()
-            .context("pipeline returned no image")?;
-        image_io::write_png(&rgb, &path)?;
+        image_io::write_png(&out.image, &path)?;
         let nsfw = if a.no_safety_check {
             json!(false)
         } else {
             serde_json::Value::Null
         };
-        results.push(json!({"path": path.to_string_lossy(), "seed": image_seed, "nsfw": nsfw}));
+        results.push(json!({"path": path.to_string_lossy(), "seed": out.seed, "nsfw": nsfw}));
     }
-    bar.finish_and_clear();
     println!("{}", json!({ "images": results }));
     Ok(())
 }

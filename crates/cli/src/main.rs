@@ -7,6 +7,7 @@ mod jobs;
 mod orchestrator;
 mod random_model;
 mod runner;
+mod safety_check;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a random-weight model folder with real configs (for benchmarks and diffusers).
     RandomModel(random_model::RandomModelArgs),
+    /// Run the NSFW safety checker on local images.
+    SafetyCheck(safety_check::SafetyCheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Edit(a) => edit::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),
+        Command::SafetyCheck(a) => safety_check::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -204,7 +204,11 @@ fn bad_requests_fail_with_clear_messages() {
     let mut a = base("x");
     a[2] = model.to_string();
     a.extend(["--loras".into(), r#"{"a/b": 1.0}"#.into()]);
-    run(a, "not supported yet");
+    run(a, "LoRa repository 'a/b' not found");
+    let mut a = base("x");
+    a[2] = model.to_string();
+    a.extend(["--loras".into(), "{not json".into()]);
+    run(a, "Unable to parse '{not json' as JSON.");
     let mut a = base("x");
     a[2] = model.to_string();
     a.extend(["--device".into(), "tpu".into()]);

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
 use crate::error::{read_json, Error, Result};
-use crate::weights::{load_component, var_builder};
+use crate::weights::{load_component, var_builder, TensorMap};
 
 /// The feed-forward activation named by `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -353,6 +353,16 @@ impl ClipTextModel {
     pub fn load(dir: &Path, variant: Option<&str>, dtype: DType, device: &Device) -> Result<Self> {
         let config = ClipTextConfig::from_file(&dir.join("config.json"))?;
         let weights = load_component(dir, "model", variant, device)?;
+        Self::from_weights(config, weights, dtype, device)
+    }
+
+    /// The model from a tensor map named as transformers saves it (what LoRA patches).
+    pub fn from_weights(
+        config: ClipTextConfig,
+        weights: TensorMap,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let with_projection =
             config.declares_projection() || weights.contains_key("text_projection.weight");
         Self::new(var_builder(weights, dtype, device), config, with_projection)
@@ -360,6 +370,11 @@ impl ClipTextModel {
 
     pub fn config(&self) -> &ClipTextConfig {
         &self.config
+    }
+
+    /// Whether the model projects its pooled output (`text_embeds`).
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
     }
 
     /// ids: integer token ids [batch, seq] (u32), seq at most `max_position_embeddings`.

@@ -12,8 +12,10 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub mod device;
+pub mod editor;
 pub mod image_io;
 pub mod lora;
+pub mod models;
 pub mod ops;
 pub mod pipelines;
 pub mod safety;

@@ -1,16 +1,24 @@
 //! Pipelines: from an input image and an instruction to output images, as diffusers'
 //! pipelines compute them. `load` picks the pipeline from the folder's `model_index.json`.
 
+mod conditioning;
+pub mod img2img;
+mod patchable;
 pub mod pix2pix;
 mod text;
 
+pub use img2img::Overrides;
+
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{read_json, Error, Result};
 use crate::image_io::RgbImage;
+use crate::lora::LoraAdapter;
 use crate::noise::NoiseSource;
+use crate::weights::TensorMap;
 
 /// What a caller asks of one generation (one output image). Fields a pipeline does not use
 /// (`strength` for instruct-pix2pix, `image_guidance_scale` for img2img) are ignored by it.
@@ -59,6 +67,13 @@ pub trait ImagePipeline: Send + Sync {
         noise: &mut dyn NoiseSource,
         progress: Progress,
     ) -> Result<EditOutput>;
+
+    /// The components LoRA adapters may patch: (name in LoRA files, base weights).
+    fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)>;
+
+    /// Rebuilds the patchable components with `adapters` merged in at their strengths; an
+    /// empty list restores the base model exactly. On error every component is back to base.
+    fn set_loras(&mut self, adapters: &[(Arc<LoraAdapter>, f64)]) -> Result<()>;
 }
 
 #[derive(serde::Deserialize)]
@@ -67,8 +82,27 @@ struct ModelIndex {
     class_name: String,
 }
 
+/// The pipeline classes tessera runs, by diffusers name.
+pub const SUPPORTED: [&str; 3] = [
+    "StableDiffusionInstructPix2PixPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+];
+
 /// The pipeline for a diffusers model folder, by `model_index.json`'s `_class_name`.
 pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn ImagePipeline>> {
+    load_with(dir, &Overrides::default(), device, dtype)
+}
+
+/// [`load`], with parts of the folder replaced (see [`Overrides`]). Text-to-image classes
+/// of the same family load as their img2img counterpart, as diffusers' `from_pipe` would:
+/// the components are the same.
+pub fn load_with(
+    dir: &Path,
+    overrides: &Overrides,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn ImagePipeline>> {
     let index_path = dir.join("model_index.json");
     if !index_path.is_file() {
         return Err(Error::Model(format!(
@@ -77,11 +111,30 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn ImagePi
         )));
     }
     let index: ModelIndex = read_json(&index_path)?;
+    use img2img::{Flavour, Img2ImgPipeline};
+    let img2img = |flavour| -> Result<Box<dyn ImagePipeline>> {
+        Ok(Box::new(Img2ImgPipeline::load(
+            dir, flavour, overrides, device, dtype,
+        )?))
+    };
     match index.class_name.as_str() {
-        "StableDiffusionInstructPix2PixPipeline" => Ok(Box::new(pix2pix::Pix2PixPipeline::load(dir, device, dtype)?)),
+        "StableDiffusionInstructPix2PixPipeline" => {
+            if overrides.unet_weights.is_some() || overrides.scheduler.is_some() {
+                return Err(Error::Model(format!(
+                    "{}: instruct-pix2pix takes no UNet or scheduler override",
+                    dir.display()
+                )));
+            }
+            Ok(Box::new(pix2pix::Pix2PixPipeline::load(
+                dir, device, dtype,
+            )?))
+        }
+        "StableDiffusionImg2ImgPipeline" | "StableDiffusionPipeline" => img2img(Flavour::Sd),
+        "StableDiffusionXLImg2ImgPipeline" | "StableDiffusionXLPipeline" => img2img(Flavour::Sdxl),
         other => Err(Error::Model(format!(
-            "{}: pipeline class '{other}' is not supported (supported: StableDiffusionInstructPix2PixPipeline)",
-            dir.display()
+            "{}: pipeline class '{other}' is not supported (supported: {})",
+            dir.display(),
+            SUPPORTED.join(", ")
         ))),
     }
 }

@@ -6,18 +6,22 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::patchable::Patchable;
 use super::text::TextEncoder;
 use super::{EditOutput, EditParams, ImagePipeline, Progress};
 use crate::error::{Error, Result};
 use crate::image_io::{self, RgbImage};
+use crate::lora::LoraAdapter;
 use crate::noise::NoiseSource;
 use crate::schedulers::{self, SchedulerConfig};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKl;
+use crate::weights::TensorMap;
+use std::sync::Arc;
 
 pub struct Pix2PixPipeline {
     text: TextEncoder,
-    unet: UNet2DConditionModel,
+    unet: Patchable<UNet2DConditionModel>,
     vae: AutoencoderKl,
     vae_dtype: DType,
     scheduler: SchedulerConfig,
@@ -28,16 +32,16 @@ impl Pix2PixPipeline {
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let scheduler = SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?;
         scheduler.kind()?;
-        let unet = UNet2DConditionModel::load(&dir.join("unet"), None, dtype, device)?;
+        let unet = Patchable::unet(&dir.join("unet"), None, dtype, device)?;
         let vae_dtype = vae_dtype(dtype);
         let vae = AutoencoderKl::load(&dir.join("vae"), None, vae_dtype, device)?;
         let latent = vae.config().latent_channels;
-        if unet.config().in_channels != 2 * latent {
+        if unet.model().config().in_channels != 2 * latent {
             return Err(Error::Model(format!(
                 "{}: an instruct-pix2pix UNet takes {} input channels (latents + image latents), this one takes {}",
                 dir.display(),
                 2 * latent,
-                unet.config().in_channels
+                unet.model().config().in_channels
             )));
         }
         Ok(Self {
@@ -109,7 +113,8 @@ impl ImagePipeline for Pix2PixPipeline {
         };
 
         let (_, c, h, w) = image_latents.dims4()?;
-        let latent_channels = self.unet.config().in_channels - c;
+        let unet = self.unet.model();
+        let latent_channels = unet.config().in_channels - c;
         let init = noise
             .randn(&[1, latent_channels, h, w], "initial_latents")?
             .to_device(&self.device)?;
@@ -124,8 +129,7 @@ impl ImagePipeline for Pix2PixPipeline {
             };
             let input = scheduler.scale_model_input(&input, i)?;
             let input = Tensor::cat(&[&input, &image_latents.to_dtype(input.dtype())?], 1)?;
-            let pred = self
-                .unet
+            let pred = unet
                 .forward(&input, t, &context, None)?
                 .to_dtype(DType::F32)?;
             let pred = if guided {
@@ -150,5 +154,21 @@ impl ImagePipeline for Pix2PixPipeline {
             images: image_io::to_unit_nhwc(&decoded.to_dtype(DType::F32)?)?,
             latents,
         })
+    }
+
+    fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)> {
+        vec![self.unet.base(), self.text.base()]
+    }
+
+    fn set_loras(&mut self, adapters: &[(Arc<LoraAdapter>, f64)]) -> Result<()> {
+        let set = self
+            .unet
+            .set_loras(adapters)
+            .and_then(|()| self.text.set_loras(adapters));
+        if set.is_err() {
+            self.unet.set_loras(&[])?;
+            self.text.set_loras(&[])?;
+        }
+        set
     }
 }

@@ -58,7 +58,17 @@ impl UNet2DConditionModel {
     pub fn load(dir: &Path, variant: Option<&str>, dtype: DType, device: &Device) -> Result<Self> {
         let config = UNetConfig::from_file(&dir.join("config.json"))?;
         let map = weights::load_component(dir, "diffusion_pytorch_model", variant, device)?;
-        Self::new(weights::var_builder(map, dtype, device), config)
+        Self::from_weights(config, map, dtype, device)
+    }
+
+    /// The model from a tensor map named as diffusers saves it (what LoRA patches).
+    pub fn from_weights(
+        config: UNetConfig,
+        weights: weights::TensorMap,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::new(weights::var_builder(weights, dtype, device), config)
     }
 
     fn build(vb: VarBuilder, cfg: UNetConfig) -> TResult<Self> {

@@ -1,6 +1,7 @@
-//! instruct-pix2pix end to end against diffusers' `StableDiffusionInstructPix2PixPipeline`
-//! (tests/fixtures/diffusers-parity/cases/pix2pix_*): once replaying the noise diffusers drew,
-//! once drawing it from the case's seed with the torch-compatible generator.
+//! Pipelines end to end against diffusers (tests/fixtures/diffusers-parity/cases/*): each case
+//! runs once replaying the noise diffusers drew, once drawing it from the case's seed with the
+//! torch-compatible generator. Cases name a model folder, and for SDXL-Lightning a UNet
+//! weights file and a scheduler option replacing the folder's.
 
 use std::path::Path;
 use tessera_engine::testing::{fixtures_dir, max_abs_diff};
@@ -8,7 +9,8 @@ use tessera_engine::testing::{fixtures_dir, max_abs_diff};
 use candle_core::{DType, Device};
 use serde_json::Value;
 use tessera_engine::noise::{NoiseSource, ReplayNoise, TorchCpuNoise};
-use tessera_engine::pipelines::{self, EditParams};
+use tessera_engine::pipelines::{self, EditParams, Overrides};
+use tessera_engine::schedulers::SchedulerConfig;
 
 /// The bar; diffusers and we agree to about 1e-5 in practice.
 const TOLERANCE: f32 = 1e-3;
@@ -20,8 +22,9 @@ fn params(case: &Value) -> EditParams {
         negative_prompt: p["negative_prompt"].as_str().unwrap_or("").to_string(),
         num_inference_steps: p["num_inference_steps"].as_u64().unwrap() as usize,
         guidance_scale: p["guidance_scale"].as_f64().unwrap(),
-        image_guidance_scale: p["image_guidance_scale"].as_f64().unwrap(),
-        ..EditParams::default()
+        // Absent where the pipeline takes no such parameter.
+        image_guidance_scale: p["image_guidance_scale"].as_f64().unwrap_or(1.5),
+        strength: p["strength"].as_f64().unwrap_or(0.8),
     }
 }
 
@@ -31,12 +34,20 @@ fn run_case(set: &str, name: &str) {
         &std::fs::read_to_string(dir.join(format!("cases/{name}.json"))).unwrap(),
     )
     .unwrap();
-    let pipe = pipelines::load(
-        &dir.join(case["model"].as_str().unwrap()),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let model = dir.join(case["model"].as_str().unwrap());
+    let mut overrides = Overrides {
+        unet_weights: case["unet_override"].as_str().map(|f| dir.join(f)),
+        scheduler: None,
+    };
+    if let Some(Value::Object(changes)) = case.get("scheduler_override") {
+        let mut s =
+            SchedulerConfig::from_file(&model.join("scheduler/scheduler_config.json")).unwrap();
+        for (k, v) in changes {
+            s = s.with(k, v.clone()).unwrap();
+        }
+        overrides.scheduler = Some(s);
+    }
+    let pipe = pipelines::load_with(&model, &overrides, &Device::Cpu, DType::F32).unwrap();
     let image = tessera_engine::image_io::read(&dir.join(case["image"].as_str().unwrap())).unwrap();
     let expected = candle_core::safetensors::load(
         dir.join(format!("cases/{name}.expected.safetensors")),
@@ -96,6 +107,26 @@ fn pix2pix_long_prompt_is_truncated_like_diffusers() {
 #[test]
 fn pix2pix_image_guidance_below_one_disables_guidance() {
     run_case("diffusers-parity-variants", "pix2pix_low_image_guidance");
+}
+
+#[test]
+fn sd_img2img() {
+    run_case("diffusers-parity", "sd_img2img");
+}
+
+#[test]
+fn sd_img2img_turbo_settings() {
+    run_case("diffusers-parity", "sd_img2img_turbo");
+}
+
+#[test]
+fn sdxl_img2img() {
+    run_case("diffusers-parity", "sdxl_img2img");
+}
+
+#[test]
+fn sdxl_lightning_img2img() {
+    run_case("diffusers-parity", "sdxl_lightning_img2img");
 }
 
 #[test]
