@@ -2,6 +2,7 @@
 //! one JSON line on stdout.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -10,6 +11,7 @@ use serde_json::json;
 use tessera_engine::editor::{EditRequest, Editor, EditorConfig};
 use tessera_engine::image_io;
 use tessera_engine::pipelines::EditParams;
+use tessera_engine::safety::SharedSafetyChecker;
 
 #[derive(clap::Args)]
 pub struct EditArgs {
@@ -48,6 +50,9 @@ pub struct EditArgs {
     /// Skip the NSFW check (reports nsfw: false, as ai-runner does).
     #[arg(long)]
     no_safety_check: bool,
+    /// The NSFW safety checker: a model id (looked up in --model-dir) or a folder.
+    #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]
+    safety_checker: String,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Output PNG; further images go to OUT-1.png, OUT-2.png, ...
@@ -106,17 +111,16 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let started = Instant::now();
+    let safety = SharedSafetyChecker::new(store.clone(), &a.safety_checker, device.clone());
     let mut editor = Editor::load(&EditorConfig {
         model_id: a.model.clone(),
         store,
         dtype: tessera_engine::device::default_dtype(&device),
         device,
+        safety: Arc::new(safety),
     })
     .with_context(|| format!("loading {}", a.model))?;
     tracing::info!(model = %a.model, pipeline = editor.pipeline_name(), secs = started.elapsed().as_secs_f64(), "model loaded");
-    if !a.no_safety_check {
-        eprintln!("warning: the NSFW safety checker is not available yet; images are not checked (nsfw: null)");
-    }
     let request = EditRequest {
         params: EditParams {
             prompt: a.prompt.clone(),
@@ -129,7 +133,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         loras,
         seed: a.seed.unwrap_or_else(|| rand::random::<u32>() as u64),
         num_images: a.num_images,
-        safety_check: false,
+        safety_check: !a.no_safety_check,
     };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}")
@@ -150,12 +154,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
     for (i, out) in images.iter().enumerate() {
         let path = output_path(&a.output, i);
         image_io::write_png(&out.image, &path)?;
-        let nsfw = if a.no_safety_check {
-            json!(false)
-        } else {
-            serde_json::Value::Null
-        };
-        results.push(json!({"path": path.to_string_lossy(), "seed": out.seed, "nsfw": nsfw}));
+        results.push(json!({"path": path.to_string_lossy(), "seed": out.seed, "nsfw": out.nsfw}));
     }
     println!("{}", json!({ "images": results }));
     Ok(())

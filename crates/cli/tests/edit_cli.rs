@@ -181,8 +181,18 @@ fn bad_requests_fail_with_clear_messages() {
     let out = out.to_str().unwrap();
     let base = |m: &'static str| -> Vec<String> {
         [
-            "edit", "--model", m, "--image", square, "--prompt", "x", "--steps", "2", "--output",
+            "edit",
+            "--model",
+            m,
+            "--image",
+            square,
+            "--prompt",
+            "x",
+            "--steps",
+            "2",
+            "--output",
             out,
+            "--no-safety-check",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -227,4 +237,61 @@ fn bad_requests_fail_with_clear_messages() {
     a[2] = model.to_string();
     a[4] = junk.to_str().unwrap().to_string();
     run(a, "junk.png");
+}
+
+#[test]
+fn reports_the_safety_checkers_verdict_per_image() {
+    let f = fixtures();
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("s.png");
+    let args = [
+        "edit",
+        "--model",
+        f.join("models/tiny-instruct-pix2pix").to_str().unwrap(),
+        "--image",
+        f.join("inputs/square.png").to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--num-images",
+        "2",
+        "--output",
+        o.to_str().unwrap(),
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // Without the checker in the model directory the edit fails, saying how to skip it.
+    expect_failure(&args, Some(cache.path()), "--no-safety-check");
+
+    tessera_engine::hub::link_as_hub_cache(
+        &f.join("models/tiny-safety-checker"),
+        cache.path(),
+        "CompVis/stable-diffusion-safety-checker",
+    )
+    .unwrap();
+    let res = tessera(&args, Some(cache.path()));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    // Each flag is what `tessera safety-check` says of the written image.
+    for img in json["images"].as_array().unwrap() {
+        let path = img["path"].as_str().unwrap();
+        let check = tessera(&["safety-check", path], Some(cache.path()));
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let verdict: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+        assert!(img["nsfw"].is_boolean());
+        assert_eq!(img["nsfw"], verdict["images"][0]["nsfw"], "{path}");
+    }
 }

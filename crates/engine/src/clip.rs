@@ -44,7 +44,9 @@ impl TryFrom<String> for Activation {
 }
 
 impl Activation {
-    fn apply(self, xs: &Tensor) -> Result<Tensor> {
+    /// The activation as transformers computes it (also used by the safety checker's
+    /// vision tower).
+    pub(crate) fn apply(self, xs: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Self::QuickGelu => (xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?)?,
             Self::Gelu => xs.gelu_erf()?,

@@ -3,6 +3,8 @@
 //! ai-runner numbers them) and the torch-compatible noise that makes a seed reproducible.
 //! The CLI's `edit` and the runner both go through here, so they cannot drift apart.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
@@ -12,6 +14,7 @@ use crate::lora::{self, LoraCache};
 use crate::models::ModelSpec;
 use crate::noise::TorchCpuNoise;
 use crate::pipelines::{EditParams, ImagePipeline};
+use crate::safety::SharedSafetyChecker;
 
 /// What to load.
 #[derive(Debug, Clone)]
@@ -21,6 +24,8 @@ pub struct EditorConfig {
     pub store: ModelStore,
     pub device: Device,
     pub dtype: DType,
+    /// The NSFW checker, loaded when a request first asks for a check; one per process.
+    pub safety: Arc<SharedSafetyChecker>,
 }
 
 /// One request: the generation parameters and how many images, from which seed.
@@ -50,6 +55,7 @@ pub struct Editor {
     pipeline: Box<dyn ImagePipeline>,
     /// Where LoRA repositories are looked up.
     store: ModelStore,
+    safety: Arc<SharedSafetyChecker>,
     loras: LoraCache,
     /// The adapters merged into the pipeline now, as requested.
     active: Vec<(String, f64)>,
@@ -64,6 +70,7 @@ impl Editor {
             spec,
             pipeline,
             store: config.store.clone(),
+            safety: config.safety.clone(),
             loras: LoraCache::new(),
             active: Vec::new(),
         })
@@ -100,12 +107,17 @@ impl Editor {
                 "num_images_per_prompt must be at least 1".into(),
             ));
         }
-        self.use_loras(&request.loras)?;
-        if request.safety_check {
-            return Err(Error::Model(
-                "the NSFW safety checker is not available yet; ask with safety_check=false".into(),
+        if request.params.num_inference_steps == 0 {
+            return Err(Error::InvalidInput(
+                "num_inference_steps must be at least 1".into(),
             ));
         }
+        self.use_loras(&request.loras)?;
+        // Loaded before any denoising: a request that cannot be checked fails at once.
+        let checker = match request.safety_check {
+            true => Some(self.safety.get()?),
+            false => None,
+        };
         let params = self.effective_params(&request.params);
         let mut out = Vec::with_capacity(request.num_images);
         for i in 0..request.num_images {
@@ -125,11 +137,12 @@ impl Editor {
                 .pipeline
                 .run(&params, image, &mut noise, &mut progress)?;
             for image in image_io::to_rgb8(&generated.images)? {
-                out.push(EditedImage {
-                    image,
-                    seed,
-                    nsfw: false,
-                });
+                // The image is returned as it is either way, as ai-runner does.
+                let nsfw = match &checker {
+                    Some(c) => c.check(std::slice::from_ref(&image))?.contains(&true),
+                    None => false,
+                };
+                out.push(EditedImage { image, seed, nsfw });
             }
         }
         Ok(out)

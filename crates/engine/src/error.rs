@@ -21,10 +21,12 @@ pub enum Error {
     /// A model folder that exists but cannot be used (missing file, bad config, wrong tensor).
     #[error("{0}")]
     Model(String),
-    #[error("{}: {source}", path.display())]
+    /// The cause is part of the message and deliberately not an error `source`: chained
+    /// reports (anyhow's `{:#}`) would print it twice.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
@@ -36,7 +38,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

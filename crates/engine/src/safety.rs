@@ -12,6 +12,7 @@
 
 pub mod clip_vision;
 pub mod preprocess;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +27,7 @@ use crate::image_io::RgbImage;
 use crate::weights::{load_component, var_builder};
 use clip_vision::{ClipVisionConfig, ClipVisionModel};
 use preprocess::ImageProcessor;
+pub use shared::SharedSafetyChecker;
 
 /// The checker ai-runner loads, and the one tessera uses unless told otherwise.
 pub const DEFAULT_MODEL_ID: &str = "CompVis/stable-diffusion-safety-checker";

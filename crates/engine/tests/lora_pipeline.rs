@@ -13,6 +13,7 @@ use tessera_engine::hub::{link_as_hub_cache, ModelStore};
 use tessera_engine::lora::LoraAdapter;
 use tessera_engine::noise::{NoiseSource, ReplayNoise, TorchCpuNoise};
 use tessera_engine::pipelines::{self, EditParams};
+use tessera_engine::safety::{SharedSafetyChecker, DEFAULT_MODEL_ID};
 use tessera_engine::testing::{fixtures_dir, max_abs_diff};
 
 const TOLERANCE: f32 = 1e-3;
@@ -112,9 +113,15 @@ fn editor(cache: &std::path::Path) -> Editor {
     )
     .unwrap();
     link_as_hub_cache(&lora_repo, cache, "someone/tiny-lora").unwrap();
+    let store = ModelStore::new(cache).with_downloads(false);
     Editor::load(&EditorConfig {
         model_id: "timbrooks/instruct-pix2pix".into(),
-        store: ModelStore::new(cache).with_downloads(false),
+        safety: Arc::new(SharedSafetyChecker::new(
+            store.clone(),
+            DEFAULT_MODEL_ID,
+            Device::Cpu,
+        )),
+        store,
         device: Device::Cpu,
         dtype: DType::F32,
     })

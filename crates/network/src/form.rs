@@ -7,6 +7,18 @@ use bytes::Bytes;
 
 use crate::error::ApiError;
 
+/// Room for the form's text fields around the image.
+const FORM_OVERHEAD_BYTES: usize = 1024 * 1024;
+
+/// The largest request body the gateway and the orchestrator read: the runner's default
+/// upload limit and the form around it, so that what they accept a runner accepts too.
+/// Past it, 413.
+pub fn max_body_bytes() -> usize {
+    tessera_runner::Limits::default()
+        .max_upload_bytes
+        .saturating_add(FORM_OVERHEAD_BYTES)
+}
+
 /// One part of the form, as sent.
 #[derive(Debug, Clone)]
 pub struct Part {

@@ -395,7 +395,7 @@ async fn bad_requests_are_refused_with_the_reason_and_recorded() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    let oversized = vec![0u8; tessera_runner::MAX_BODY_BYTES + 1];
+    let oversized = vec![0u8; tessera_network::form::max_body_bytes() + 1];
     let (status, _, body) = post_job(&gw, form(oversized, &[]), None).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(msg(&body).contains("length limit"), "{body}");

@@ -1,4 +1,5 @@
-//! What a runner is started with: the model it serves and where it listens.
+//! What a runner is started with: the model it serves, where it listens, and the limits it
+//! puts on requests.
 
 use std::path::PathBuf;
 
@@ -7,6 +8,9 @@ pub const DEFAULT_MODEL_ID: &str = "timbrooks/instruct-pix2pix";
 
 /// ai-runner's port.
 pub const DEFAULT_PORT: u16 = 8000;
+
+/// The one pipeline this runner serves (ai-runner's `PIPELINE` value for it).
+pub const PIPELINE: &str = "image-to-image";
 
 /// One runner: one model, one address.
 #[derive(Clone)]
@@ -24,6 +28,41 @@ pub struct RunnerConfig {
     pub auth_token: Option<String>,
     /// `cpu`, `cuda` or `cuda:N` (see `tessera_engine::device::parse`).
     pub device: String,
+    /// The NSFW safety checker (hub id in `model_dir`, or a folder), loaded when a request
+    /// first asks for a check.
+    pub safety_checker: String,
+    /// What `/version` reports (ai-runner's `VERSION`; "undefined" when not given).
+    pub version: String,
+    /// Requests allowed to wait while one runs; past it, 503 with `Retry-After`.
+    pub queue_depth: usize,
+    pub limits: Limits,
+}
+
+/// Bounds ai-runner does not have: past them a request would only tie the worker up or
+/// exhaust memory, so they are refused with a 400 (413 for the upload) that names them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Largest `image` upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Largest width or height of the decoded image, checked from its header.
+    pub max_image_side: u32,
+    pub max_images_per_prompt: u32,
+    pub max_inference_steps: u32,
+    /// In characters, for `prompt` and `negative_prompt` alike (longer than CLIP's 77 tokens
+    /// is fine: the tokenizer truncates, as diffusers does).
+    pub max_prompt_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 20 * 1024 * 1024,
+            max_image_side: 4096,
+            max_images_per_prompt: 10,
+            max_inference_steps: 500,
+            max_prompt_chars: 10_000,
+        }
+    }
 }
 
 impl Default for RunnerConfig {
@@ -35,6 +74,10 @@ impl Default for RunnerConfig {
             port: DEFAULT_PORT,
             auth_token: None,
             device: "cpu".into(),
+            safety_checker: tessera_engine::safety::DEFAULT_MODEL_ID.into(),
+            version: "undefined".into(),
+            queue_depth: 8,
+            limits: Limits::default(),
         }
     }
 }
@@ -49,6 +92,10 @@ impl std::fmt::Debug for RunnerConfig {
             .field("port", &self.port)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("device", &self.device)
+            .field("safety_checker", &self.safety_checker)
+            .field("version", &self.version)
+            .field("queue_depth", &self.queue_depth)
+            .field("limits", &self.limits)
             .finish()
     }
 }

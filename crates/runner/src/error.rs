@@ -6,7 +6,9 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
+
+use crate::api::{HTTPValidationError, ValidationError};
 
 /// One entry of a FastAPI validation error: which form field, what kind of problem.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,12 +31,13 @@ impl FieldError {
         }
     }
 
-    fn to_json(&self) -> Value {
-        let mut v = json!({"type": self.kind, "loc": ["body", self.field], "msg": self.msg});
-        if let Some(input) = &self.input {
-            v["input"] = json!(input);
+    fn to_wire(&self) -> ValidationError {
+        ValidationError {
+            kind: self.kind.into(),
+            loc: vec!["body".into(), self.field.clone()],
+            msg: self.msg.into(),
+            input: self.input.clone(),
         }
-        v
     }
 }
 
@@ -47,6 +50,8 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     /// 401 asking for a bearer token.
     Unauthorized,
+    /// 503: the queue is full; the client may retry after this many seconds.
+    Busy { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -68,6 +73,35 @@ impl ApiError {
             "Image-to-image pipeline error.",
         )
     }
+
+    /// An engine failure in the client's terms: its own fault (a bad parameter, a LoRA that
+    /// does not exist) is a 400 with the engine's message; running out of device memory gets
+    /// ai-runner's advice; anything else is logged and becomes ai-runner's generic 500.
+    pub fn from_engine(e: tessera_engine::Error) -> Self {
+        use tessera_engine::Error;
+        match e {
+            Error::InvalidInput(_) | Error::InvalidModelId { .. } | Error::ModelNotFound { .. } => {
+                Self::bad_request(e.to_string())
+            }
+            other => {
+                let text = other.to_string();
+                tracing::error!(error = %text, "image-to-image pipeline error");
+                if is_out_of_memory(&text) {
+                    Self::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Out of memory error. Try reducing input image resolution.",
+                    )
+                } else {
+                    Self::pipeline()
+                }
+            }
+        }
+    }
+}
+
+/// How CUDA (through candle) and the allocator word running out of memory.
+fn is_out_of_memory(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("out of memory") || text.contains("CUDA_ERROR_OUT_OF_MEMORY")
 }
 
 impl IntoResponse for ApiError {
@@ -77,10 +111,10 @@ impl IntoResponse for ApiError {
                 (status, Json(json!({"detail": {"msg": msg}}))).into_response()
             }
             Self::Validation(errors) => {
-                let detail: Vec<Value> = errors.iter().map(FieldError::to_json).collect();
+                let detail = errors.iter().map(FieldError::to_wire).collect();
                 (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    Json(json!({ "detail": detail })),
+                    Json(HTTPValidationError { detail }),
                 )
                     .into_response()
             }
@@ -88,6 +122,14 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
                 Json(json!({"detail": {"msg": "Invalid bearer token."}})),
+            )
+                .into_response(),
+            Self::Busy { retry_after_secs } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from(retry_after_secs))],
+                Json(json!({"detail": {"msg": format!(
+                    "The runner is busy: its queue is full. Retry in {retry_after_secs} seconds."
+                )}})),
             )
                 .into_response(),
         }

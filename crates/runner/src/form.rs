@@ -1,20 +1,18 @@
 //! The `POST /image-to-image` form: reading the multipart fields the way FastAPI does (422
 //! for a missing or unparsable field), then checking what FastAPI's ai-runner does not
-//! (ranges, model, LoRAs, safety checker) with 400s that name the field and what is allowed.
+//! (ranges, model, LoRAs, sizes) with 400s that name the field and what is allowed.
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::Multipart;
 use axum::http::StatusCode;
+use tessera_engine::lora::parse_loras;
 use tessera_engine::pipelines::EditParams;
 
+use crate::config::Limits;
 use crate::error::{ApiError, FieldError};
-
-/// Limits ai-runner does not have; past them a request would only tie the worker up.
-const MAX_STEPS: i128 = 500;
-const MAX_IMAGES: i128 = 10;
-const MAX_GUIDANCE: f64 = 50.0;
+use crate::model::ImageRequest;
 
 /// The form as sent, parsed but not yet checked against the model or the limits.
 #[derive(Debug)]
@@ -33,14 +31,12 @@ pub struct ImageToImageForm {
     pub num_images_per_prompt: i128,
 }
 
-/// A checked request: what to run, and the seed of every output image.
+/// A checked request: the undecoded upload, and every output image to make from it.
 #[derive(Debug)]
-pub struct Job {
-    pub params: EditParams,
-    /// The undecoded input image.
+pub struct CheckedForm {
     pub image: Bytes,
-    /// `seed + i` for image `i`, as ai-runner numbers them.
-    pub seeds: Vec<u64>,
+    /// Image `i` has the seed `seed + i`, as ai-runner numbers them.
+    pub images: Vec<ImageRequest>,
 }
 
 impl ImageToImageForm {
@@ -87,25 +83,41 @@ impl ImageToImageForm {
 
     /// Checks the request against the loaded model and the limits, in ai-runner's order
     /// (model, then LoRAs), and picks a random first seed when none was given.
-    pub fn into_job(self, loaded_model_id: &str) -> Result<Job, ApiError> {
+    pub fn check(self, loaded_model_id: &str, limits: &Limits) -> Result<CheckedForm, ApiError> {
         if !self.model_id.is_empty() && self.model_id != loaded_model_id {
             return Err(ApiError::bad_request(format!(
                 "pipeline configured with {loaded_model_id} but called with {}.",
                 self.model_id
             )));
         }
-        check_no_loras(&self.loras)?;
+        let loras = parse_loras(&self.loras).map_err(ApiError::from_engine)?;
+        if self.image.len() > limits.max_upload_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "image: the upload is {} bytes; the largest accepted is {} bytes.",
+                    self.image.len(),
+                    limits.max_upload_bytes
+                ),
+            ));
+        }
+        let prompt = at_most_chars("prompt", self.prompt, limits.max_prompt_chars)?;
+        let negative_prompt = at_most_chars(
+            "negative_prompt",
+            self.negative_prompt,
+            limits.max_prompt_chars,
+        )?;
         let steps = in_range(
             "num_inference_steps",
             self.num_inference_steps,
             1,
-            MAX_STEPS,
+            i128::from(limits.max_inference_steps),
         )?;
         let images = in_range(
             "num_images_per_prompt",
             self.num_images_per_prompt,
             1,
-            MAX_IMAGES,
+            i128::from(limits.max_images_per_prompt),
         )?;
         let guidance_scale = in_range("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)?;
         let image_guidance_scale = in_range(
@@ -116,46 +128,53 @@ impl ImageToImageForm {
         )?;
         let strength = in_range("strength", self.strength, 0.0, 1.0)?;
         let seeds = seeds(self.seed, images as u64)?;
-        if self.safety_check {
-            // Reporting an unchecked image as safe would be a lie the caller cannot detect.
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "The NSFW safety checker is not available yet; send safety_check=false.",
-            ));
-        }
-        Ok(Job {
-            params: EditParams {
-                prompt: self.prompt,
-                negative_prompt: self.negative_prompt,
-                num_inference_steps: steps as usize,
-                guidance_scale,
-                image_guidance_scale,
-                strength,
-            },
+        let params = EditParams {
+            prompt,
+            negative_prompt,
+            num_inference_steps: steps as usize,
+            guidance_scale,
+            image_guidance_scale,
+            strength,
+        };
+        Ok(CheckedForm {
             image: self.image,
-            seeds,
+            images: seeds
+                .into_iter()
+                .map(|seed| ImageRequest {
+                    params: params.clone(),
+                    loras: loras.clone(),
+                    seed,
+                    safety_check: self.safety_check,
+                })
+                .collect(),
         })
     }
 }
 
-/// The multipart body itself is broken (bad boundary, truncated, over the size limit).
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError::new(e.status(), e.body_text())
+/// Guidance past this only burns the image; ai-runner checks nothing.
+const MAX_GUIDANCE: f64 = 50.0;
+
+/// `text` if it has at most `max` characters, else a 400 naming the field.
+fn at_most_chars(field: &str, text: String, max: usize) -> Result<String, ApiError> {
+    let count = text.chars().count();
+    if count > max {
+        return Err(ApiError::bad_request(format!(
+            "{field} must be at most {max} characters, got {count}."
+        )));
+    }
+    Ok(text)
 }
 
-/// `loras` is ai-runner's JSON object `{"repo-or-path": weight}`; an empty text or an empty
-/// object asks for none, which is all this runner can do so far.
-fn check_no_loras(loras: &str) -> Result<(), ApiError> {
-    if loras.trim().is_empty() {
-        return Ok(());
+/// The multipart body itself is broken (bad boundary, truncated, over the size limit).
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            status,
+            "The request body is larger than the runner accepts.",
+        );
     }
-    match serde_json::from_str::<serde_json::Value>(loras) {
-        Err(_) => Err(ApiError::bad_request(format!(
-            "Unable to parse '{loras}' as JSON."
-        ))),
-        Ok(serde_json::Value::Object(map)) if map.is_empty() => Ok(()),
-        Ok(_) => Err(ApiError::bad_request("LoRA adapters are not supported yet")),
-    }
+    ApiError::new(status, e.body_text())
 }
 
 /// `value` if it lies in `lo..=hi` (NaN and infinities never do), else a 400 naming the field.
@@ -313,6 +332,10 @@ mod tests {
         ImageToImageForm::from_parts(p).unwrap()
     }
 
+    fn seeds(job: &CheckedForm) -> Vec<u64> {
+        job.images.iter().map(|i| i.seed).collect()
+    }
+
     fn msg(err: ApiError) -> String {
         match err {
             ApiError::Msg { msg, .. } => msg,
@@ -334,10 +357,10 @@ mod tests {
             (0.8, 7.5, 1.5)
         );
         assert_eq!(form.seed, None);
-        let job = form.into_job("m").unwrap();
-        assert_eq!(job.seeds.len(), 1);
-        assert!(job.seeds[0] <= u64::from(u32::MAX));
-        // safety_check defaults to true, which this runner cannot honour yet.
+        let job = form.check("m", &Limits::default()).unwrap();
+        assert_eq!(job.images.len(), 1);
+        assert!(job.images[0].seed <= u64::from(u32::MAX));
+        // safety_check defaults to true, as in ai-runner.
         let form = ImageToImageForm::from_parts(parts(&[("prompt", "p"), ("image", "x")])).unwrap();
         assert!(form.safety_check);
     }
@@ -387,7 +410,9 @@ mod tests {
             ("strength", "inf"),
             ("seed", "-1"),
         ] {
-            let m = msg(valid(&[(field, value)]).into_job("m").unwrap_err());
+            let m = msg(valid(&[(field, value)])
+                .check("m", &Limits::default())
+                .unwrap_err());
             assert!(
                 m.starts_with(&format!("{field} must be between")),
                 "{field}={value}: {m}"
@@ -396,49 +421,85 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_configurable_and_prompts_bounded() {
+        let limits = Limits {
+            max_images_per_prompt: 2,
+            max_prompt_chars: 5,
+            ..Limits::default()
+        };
+        let m = msg(valid(&[("num_images_per_prompt", "3")])
+            .check("m", &limits)
+            .unwrap_err());
+        assert_eq!(m, "num_images_per_prompt must be between 1 and 2, got 3.");
+        let m = msg(valid(&[("prompt", "ééééé!")])
+            .check("m", &limits)
+            .unwrap_err());
+        assert_eq!(m, "prompt must be at most 5 characters, got 6.");
+        let tiny_upload = Limits {
+            max_upload_bytes: 2,
+            ..limits
+        };
+        let err = valid(&[]).check("m", &tiny_upload).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApiError::Msg {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn seeds_count_up_and_must_fit_64_bits() {
         let job = valid(&[("seed", "7"), ("num_images_per_prompt", "3")])
-            .into_job("m")
+            .check("m", &Limits::default())
             .unwrap();
-        assert_eq!(job.seeds, [7, 8, 9]);
+        assert_eq!(seeds(&job), [7, 8, 9]);
         let top = (u64::MAX - 1).to_string();
         let job = valid(&[("seed", &top), ("num_images_per_prompt", "2")])
-            .into_job("m")
+            .check("m", &Limits::default())
             .unwrap();
-        assert_eq!(job.seeds, [u64::MAX - 1, u64::MAX]);
+        assert_eq!(seeds(&job), [u64::MAX - 1, u64::MAX]);
         let m = msg(valid(&[("seed", &top), ("num_images_per_prompt", "3")])
-            .into_job("m")
+            .check("m", &Limits::default())
             .unwrap_err());
         assert!(m.contains("64 bits"), "{m}");
     }
 
     #[test]
-    fn model_loras_and_safety_are_refused_with_reasons() {
+    fn models_and_loras_are_checked_with_reasons() {
         let m = msg(valid(&[("model_id", "other/model")])
-            .into_job("org/model")
+            .check("org/model", &Limits::default())
             .unwrap_err());
         assert_eq!(
             m,
             "pipeline configured with org/model but called with other/model."
         );
         assert!(valid(&[("model_id", "org/model"), ("loras", "{}")])
-            .into_job("org/model")
+            .check("org/model", &Limits::default())
             .is_ok());
-        let m = msg(valid(&[("loras", r#"{"a/b": 1.0}"#)])
-            .into_job("m")
+        let job = valid(&[("loras", r#"{"a/b": 1.0, "c/d": "0.5"}"#)])
+            .check("m", &Limits::default())
+            .unwrap();
+        let want = vec![("a/b".to_string(), 1.0), ("c/d".to_string(), 0.5)];
+        assert_eq!(job.images[0].loras, want);
+        let m = msg(valid(&[("loras", r#"{"a/b": -1}"#)])
+            .check("m", &Limits::default())
             .unwrap_err());
-        assert_eq!(m, "LoRA adapters are not supported yet");
-        let m = msg(valid(&[("loras", "{oops")]).into_job("m").unwrap_err());
+        assert_eq!(
+            m,
+            "All strengths must be numbers greater than or equal to 0.0."
+        );
+        let m = msg(valid(&[("loras", "{oops")])
+            .check("m", &Limits::default())
+            .unwrap_err());
         assert_eq!(m, "Unable to parse '{oops' as JSON.");
-        let err = valid(&[("safety_check", "TRUE")])
-            .into_job("m")
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            ApiError::Msg {
-                status: StatusCode::NOT_IMPLEMENTED,
-                ..
-            }
-        ));
+        let job = valid(&[("safety_check", "TRUE")])
+            .check("m", &Limits::default())
+            .unwrap();
+        assert!(job.images[0].safety_check);
     }
 }

@@ -1,27 +1,38 @@
 //! `tessera-runner`: one warm model behind livepeer ai-runner's HTTP API, so that clients
 //! and orchestrators written for ai-runner work unchanged.
 //!
-//! The model loads on a background thread while the server already answers: `GET /health`
-//! says `LOADING`, then `OK` (or `ERROR`, with the reason in the log and in the 500 that
-//! requests get). `POST /image-to-image` takes ai-runner's multipart form and answers with
-//! PNG data URLs, one inference at a time.
+//! The model loads on the worker thread that then owns it, while the server already
+//! answers: `GET /health` says `LOADING`, then `OK` (or `ERROR`, with the reason in the log
+//! and in the 500 that requests get). `POST /image-to-image` takes ai-runner's multipart
+//! form, checks what ai-runner does not (ranges, sizes, the image header), and queues the
+//! job for the worker (bounded: past it, 503 with `Retry-After`); the answer is PNG data
+//! URLs. `/hardware/*`, `/version`, `/metrics` (Prometheus) and `/openapi.json` complete the
+//! API.
 //!
-//! Not here yet (they come with the runner issue): `/version`, `/hardware/*`, `/metrics`,
-//! the OpenAPI document, the NSFW safety checker (requests with `safety_check=true` get a
-//! 501), LoRA adapters, and limits on how many requests may wait for the model.
+//! The model is the engine's `Editor` (forced turbo/Lightning settings, LoRA adapters, the
+//! NSFW safety checker); the worker depends only on the [`Model`] trait, which tests
+//! implement with fakes.
 
+mod api;
 mod config;
+mod decode;
 mod error;
 mod form;
+mod hardware;
+mod metrics;
+mod model;
 mod routes;
 mod state;
+mod worker;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-pub use config::{RunnerConfig, DEFAULT_MODEL_ID, DEFAULT_PORT};
-pub use routes::{router, MAX_BODY_BYTES};
-pub use state::{Health, Runner};
+pub use api::{ApiDoc, Health, Media};
+pub use config::{Limits, RunnerConfig, DEFAULT_MODEL_ID, DEFAULT_PORT, PIPELINE};
+pub use model::{Generated, ImageRequest, Model};
+pub use routes::router;
+pub use state::Runner;
 
 /// Listens on `config`'s address, loads its model in the background, and serves until
 /// Ctrl-C or SIGTERM. A busy port or a bad device fails at once.

@@ -1,64 +1,169 @@
-//! The HTTP routes: `GET /health` and `POST /image-to-image` (each also with a trailing
-//! slash, as ai-runner registers them), behind a bearer check for inference.
-
-use std::time::Instant;
+//! The HTTP routes, each also with a trailing slash as ai-runner registers them:
+//! `POST /image-to-image` (behind a bearer check), `GET /health`, `/hardware/info`,
+//! `/hardware/stats`, `/version`, and this runner's `/metrics` and `/openapi.json`.
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
-use base64::Engine as _;
-use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tessera_engine::image_io::{self, RgbImage};
-use tessera_engine::noise::TorchCpuNoise;
-use tessera_engine::pipelines::ImagePipeline;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
 
+use crate::api::{
+    ApiDoc, Body_genImageToImage, HTTPError, HTTPValidationError, HardwareInformation,
+    HardwareStats, HealthCheck, ImageResponse, Version,
+};
+use crate::decode::decode_upload;
 use crate::error::ApiError;
-use crate::form::{ImageToImageForm, Job};
-use crate::state::{Health, Runner, SharedPipeline};
+use crate::form::ImageToImageForm;
+use crate::hardware;
+use crate::state::Runner;
+use crate::worker::Job;
 
-/// Largest request body: room for a 4K PNG and the form around it. Past it, 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Room in a request body for the form's text fields around the image (prompts of 10 000
+/// characters are 40 KB of UTF-8 at most).
+const FORM_OVERHEAD_BYTES: usize = 1024 * 1024;
 
 /// The runner's HTTP API over `runner`'s model.
 pub fn router(runner: Runner) -> Router {
+    let body_limit = runner
+        .limits()
+        .max_upload_bytes
+        .saturating_add(FORM_OVERHEAD_BYTES);
     let inference = Router::new()
         .route("/image-to-image", post(image_to_image))
         .route("/image-to-image/", post(image_to_image))
         .route_layer(middleware::from_fn_with_state(
             runner.clone(),
             require_bearer,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            runner.clone(),
+            count_requests,
         ));
     Router::new()
-        .route("/health", get(health))
-        .route("/health/", get(health))
+        .merge(both_slashes("/health", get(health)))
+        .merge(both_slashes("/hardware/info", get(hardware_info)))
+        .merge(both_slashes("/hardware/stats", get(hardware_stats)))
+        .merge(both_slashes("/version", get(version)))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .merge(inference)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(runner)
 }
 
-#[derive(Serialize)]
-struct HealthBody {
-    status: Health,
+/// `path` and `path/`, both served by `handler`.
+fn both_slashes(path: &str, handler: MethodRouter<Runner>) -> Router<Runner> {
+    Router::new()
+        .route(path, handler.clone())
+        .route(&format!("{path}/"), handler)
 }
 
-async fn health(State(runner): State<Runner>) -> Json<HealthBody> {
-    Json(HealthBody {
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    summary = "Health",
+    responses((status = 200, description = "Successful Response", body = HealthCheck))
+)]
+pub(crate) async fn health(State(runner): State<Runner>) -> Json<HealthCheck> {
+    Json(HealthCheck {
         status: runner.health(),
     })
+}
+
+#[utoipa::path(
+    get,
+    path = "/hardware/info",
+    operation_id = "hardware_info",
+    summary = "Hardware Info",
+    responses((status = 200, description = "Successful Response", body = HardwareInformation))
+)]
+pub(crate) async fn hardware_info(State(runner): State<Runner>) -> Json<HardwareInformation> {
+    let gpu_info = tokio::task::spawn_blocking(hardware::gpu_info)
+        .await
+        .unwrap_or_default();
+    Json(HardwareInformation {
+        pipeline: runner.pipeline().into(),
+        model_id: runner.model_id().into(),
+        gpu_info,
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/hardware/stats",
+    operation_id = "hardware_stats",
+    summary = "Hardware Stats",
+    responses((status = 200, description = "Successful Response", body = HardwareStats))
+)]
+pub(crate) async fn hardware_stats(State(runner): State<Runner>) -> Json<HardwareStats> {
+    let gpu_stats = tokio::task::spawn_blocking(hardware::gpu_stats)
+        .await
+        .unwrap_or_default();
+    Json(HardwareStats {
+        pipeline: runner.pipeline().into(),
+        model_id: runner.model_id().into(),
+        gpu_stats,
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/version",
+    operation_id = "version",
+    summary = "Version",
+    responses((status = 200, description = "Successful Response", body = Version))
+)]
+pub(crate) async fn version(State(runner): State<Runner>) -> Json<Version> {
+    Json(Version {
+        pipeline: runner.pipeline().into(),
+        model_id: runner.model_id().into(),
+        version: runner.version().into(),
+    })
+}
+
+/// Prometheus' text format.
+async fn metrics(State(runner): State<Runner>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        runner.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 /// FastAPI's 404 body.
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))).into_response()
+}
+
+/// FastAPI's 405 body (`GET /image-to-image`, say).
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"detail": "Method Not Allowed"})),
+    )
+        .into_response()
+}
+
+/// Counts inference responses by status, the 401s included.
+async fn count_requests(State(runner): State<Runner>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    runner.metrics().request(response.status().as_u16());
+    response
 }
 
 /// With an auth token configured, inference needs `Authorization: Bearer <token>`. It runs
@@ -87,127 +192,55 @@ fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
     scheme.eq_ignore_ascii_case("bearer") && bool::from(token.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-#[derive(Serialize)]
-struct ImageResponse {
-    images: Vec<Media>,
-}
-
-#[derive(Serialize)]
-struct Media {
-    /// `data:image/png;base64,...`
-    url: String,
-    seed: u64,
-    /// Always false here: requests that ask for the (not yet built) check are refused.
-    nsfw: bool,
-}
-
-async fn image_to_image(
+/// Apply image transformations to a provided image.
+#[utoipa::path(
+    post,
+    path = "/image-to-image",
+    operation_id = "genImageToImage",
+    tag = "generate",
+    summary = "Image To Image",
+    description = "Apply image transformations to a provided image.",
+    request_body(content = Body_genImageToImage, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Successful Response", body = ImageResponse),
+        (status = 400, description = "Bad Request", body = HTTPError),
+        (status = 401, description = "Unauthorized", body = HTTPError),
+        (status = 500, description = "Internal Server Error", body = HTTPError),
+        (status = 422, description = "Validation Error", body = HTTPValidationError),
+    ),
+    security(("HTTPBearer" = []))
+)]
+pub(crate) async fn image_to_image(
     State(runner): State<Runner>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<ImageResponse>, ApiError> {
     let multipart = multipart.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
-    let job = ImageToImageForm::read(multipart)
+    let form = ImageToImageForm::read(multipart)
         .await?
-        .into_job(runner.model_id())?;
-    let image = decode(job.image.clone()).await?;
-    let pipeline = runner.pipeline()?;
-    let images = generate(pipeline, job, image).await?;
+        .check(runner.model_id(), runner.limits())?;
+    let image = decode(form.image, runner.limits().max_image_side).await?;
+    let images = runner
+        .run(Job {
+            image,
+            images: form.images,
+        })
+        .await?;
     Ok(Json(ImageResponse { images }))
 }
 
 /// Decodes the upload off the async threads (a large PNG takes a while); any failure is
 /// the client's image, a 400 naming the field.
-async fn decode(bytes: axum::body::Bytes) -> Result<RgbImage, ApiError> {
-    tokio::task::spawn_blocking(move || image_io::decode(&bytes))
+async fn decode(
+    bytes: axum::body::Bytes,
+    max_side: u32,
+) -> Result<tessera_engine::image_io::RgbImage, ApiError> {
+    tokio::task::spawn_blocking(move || decode_upload(&bytes, max_side))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "image decoding task failed");
             ApiError::pipeline()
         })?
         .map_err(|e| ApiError::bad_request(format!("image: {e}")))
-}
-
-/// Waits for the model, then runs every image of the job on a blocking thread.
-async fn generate(
-    pipeline: SharedPipeline,
-    job: Job,
-    image: RgbImage,
-) -> Result<Vec<Media>, ApiError> {
-    let pipeline = pipeline.lock_owned().await;
-    tokio::task::spawn_blocking(move || run_job(pipeline.as_ref(), &job, &image))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "inference task failed");
-            ApiError::pipeline()
-        })?
-}
-
-/// One pipeline run per image, image `i` from its own generator seeded `seed + i`, so that
-/// any one image can be reproduced alone from its seed.
-fn run_job(
-    pipeline: &dyn ImagePipeline,
-    job: &Job,
-    image: &RgbImage,
-) -> Result<Vec<Media>, ApiError> {
-    let started = Instant::now();
-    let media = job
-        .seeds
-        .iter()
-        .map(|&seed| {
-            let mut noise = TorchCpuNoise::new(seed);
-            let out = pipeline
-                .run(&job.params, image, &mut noise, &mut |_, _| {})
-                .map_err(inference_error)?;
-            let png = encode_first_png(&out.images).map_err(|e| {
-                tracing::error!(error = %e, "cannot encode the pipeline's output");
-                ApiError::pipeline()
-            })?;
-            Ok(Media {
-                url: format!(
-                    "data:image/png;base64,{}",
-                    base64::engine::general_purpose::STANDARD.encode(png)
-                ),
-                seed,
-                nsfw: false,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    tracing::info!(
-        images = media.len(),
-        steps = job.params.num_inference_steps,
-        width = image.width,
-        height = image.height,
-        secs = started.elapsed().as_secs_f64(),
-        "image-to-image done"
-    );
-    Ok(media)
-}
-
-/// The first image of an NHWC [0, 1] batch as PNG bytes.
-fn encode_first_png(images: &candle_core::Tensor) -> tessera_engine::Result<Vec<u8>> {
-    let rgb = image_io::to_rgb8(images)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| tessera_engine::Error::Model("the pipeline returned no image".into()))?;
-    image_io::encode_png(&rgb)
-}
-
-/// The client's fault (an image the pipeline cannot take) is a 400 with the reason; running
-/// out of device memory gets ai-runner's advice; anything else is logged and a generic 500.
-fn inference_error(e: tessera_engine::Error) -> ApiError {
-    if let tessera_engine::Error::InvalidInput(msg) = e {
-        return ApiError::bad_request(msg);
-    }
-    let text = e.to_string();
-    tracing::error!(error = %text, "image-to-image pipeline error");
-    if text.to_ascii_lowercase().contains("out of memory") {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Out of memory error. Try reducing input image resolution.",
-        )
-    } else {
-        ApiError::pipeline()
-    }
 }
 
 #[cfg(test)]

@@ -1,166 +1,196 @@
-//! The runner's one model: loaded in the background while the server already answers
-//! `/health`, then shared by the requests, one inference at a time.
+//! The runner's state shared by the requests: what it serves, how loading went, the queue to
+//! the worker that owns the model, and the metrics.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use candle_core::Device;
-use serde::Serialize;
+use tessera_engine::editor::{Editor, EditorConfig};
 use tessera_engine::hub::ModelStore;
-use tessera_engine::pipelines::{self, ImagePipeline};
+use tessera_engine::safety::SharedSafetyChecker;
 
-use crate::config::RunnerConfig;
+use crate::api::Health;
+use crate::config::{Limits, RunnerConfig, PIPELINE};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::worker::{self, Job, Queue, Reply};
 
-/// The loaded pipeline. The async mutex queues requests without holding threads, and keeps
-/// one inference at a time: a second run would only halve the speed of both.
-pub(crate) type SharedPipeline = Arc<tokio::sync::Mutex<Box<dyn ImagePipeline>>>;
-
-/// What `GET /health` reports (ai-runner's values; `IDLE` comes with on-demand loading).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Health {
-    Loading,
-    Ok,
-    Error,
-}
-
-/// A handle on the runner's state; cheap to clone, one per request.
+/// A handle on the runner; cheap to clone, one per request.
 #[derive(Clone)]
 pub struct Runner {
+    shared: Shared,
+    queue: Queue,
+}
+
+/// The part the worker thread shares with the requests.
+#[derive(Clone)]
+pub(crate) struct Shared {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     model_id: String,
     auth_token: Option<String>,
-    /// Unset while loading; then the pipeline, or why it could not be loaded.
-    model: OnceLock<Result<SharedPipeline, String>>,
+    version: String,
+    limits: Limits,
+    /// Unset while loading; then `Ok`, or why the model could not be loaded.
+    loaded: OnceLock<Result<(), String>>,
+    /// Jobs waiting for the worker.
+    queued: AtomicIsize,
+    metrics: Metrics,
 }
 
 impl Runner {
-    /// Starts loading `config`'s model on a background thread (resolving the id in the model
+    /// Starts loading `config`'s model on the worker thread (resolving the id in the model
     /// directory, downloading it if allowed and missing) and returns at once. A bad device
-    /// name is an error here, before anything is loaded.
+    /// name or pipeline is an error here, before anything is loaded.
     pub fn start(config: &RunnerConfig) -> anyhow::Result<Self> {
         let device = tessera_engine::device::parse(&config.device)?;
         let store = ModelStore::new(&config.model_dir);
-        let id = config.model_id.clone();
-        Ok(Self::start_with(
-            config.model_id.clone(),
-            config.auth_token.clone(),
-            move || load_model(&store, &id, &device),
-        ))
+        let safety =
+            SharedSafetyChecker::new(store.clone(), &config.safety_checker, device.clone());
+        let editor = EditorConfig {
+            model_id: config.model_id.clone(),
+            store,
+            dtype: tessera_engine::device::default_dtype(&device),
+            device,
+            safety: Arc::new(safety),
+        };
+        Ok(Self::start_with(config, move || load_editor(&editor)))
     }
 
-    /// Starts a runner whose pipeline comes from `load`, run on a background thread: what
-    /// `start` does with the engine's loader, and the way to serve a pipeline built some
-    /// other way. An empty `auth_token` means none, as ai-runner reads `AUTH_TOKEN`.
-    pub fn start_with<F>(model_id: String, auth_token: Option<String>, load: F) -> Self
+    /// Starts a runner whose model comes from `load`, run on the worker thread: what `start`
+    /// does with the engine's loader, and the way to serve a model built some other way.
+    /// `config`'s device and model directory are not used. An empty `auth_token` means
+    /// none, as ai-runner reads `AUTH_TOKEN`.
+    pub fn start_with<M, F>(config: &RunnerConfig, load: F) -> Self
     where
-        F: FnOnce() -> anyhow::Result<Box<dyn ImagePipeline>> + Send + 'static,
+        M: Model + 'static,
+        F: FnOnce() -> anyhow::Result<M> + Send + 'static,
     {
-        let runner = Self {
+        let shared = Shared {
             inner: Arc::new(Inner {
-                model_id,
-                auth_token: auth_token.filter(|t| !t.is_empty()),
-                model: OnceLock::new(),
+                model_id: config.model_id.clone(),
+                auth_token: config.auth_token.clone().filter(|t| !t.is_empty()),
+                version: config.version.clone(),
+                limits: config.limits.clone(),
+                loaded: OnceLock::new(),
+                queued: AtomicIsize::new(0),
+                metrics: Metrics::new(),
             }),
         };
-        let loading = runner.clone();
-        let spawned = std::thread::Builder::new()
-            .name("model-loader".into())
-            .spawn(move || loading.finish_loading(load));
-        if let Err(e) = spawned {
-            runner.set_model(Err(format!("cannot start the loader thread: {e}")));
-        }
-        runner
+        let queue = worker::spawn(shared.clone(), config.queue_depth, load);
+        Self { shared, queue }
     }
 
     /// The id requests must name in `model_id` (or leave empty).
     pub fn model_id(&self) -> &str {
-        &self.inner.model_id
+        self.shared.model_id()
     }
 
-    pub(crate) fn auth_token(&self) -> Option<&str> {
-        self.inner.auth_token.as_deref()
+    pub fn pipeline(&self) -> &'static str {
+        PIPELINE
+    }
+
+    pub fn version(&self) -> &str {
+        &self.shared.inner.version
     }
 
     pub fn health(&self) -> Health {
-        match self.inner.model.get() {
+        match self.shared.inner.loaded.get() {
             None => Health::Loading,
-            Some(Ok(_)) => Health::Ok,
+            Some(Ok(())) => Health::Ok,
             Some(Err(_)) => Health::Error,
         }
     }
 
-    /// The pipeline, or the error a request gets while there is none: 503 while loading
-    /// (it will come), 500 with the reason when loading failed (it will not).
-    pub(crate) fn pipeline(&self) -> Result<SharedPipeline, ApiError> {
-        match self.inner.model.get() {
-            Some(Ok(pipeline)) => Ok(pipeline.clone()),
-            None => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The model is still loading; try again shortly.",
-            )),
-            Some(Err(why)) => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("The model failed to load: {why}"),
-            )),
-        }
+    pub(crate) fn auth_token(&self) -> Option<&str> {
+        self.shared.inner.auth_token.as_deref()
     }
 
-    /// Runs `load` and records its outcome; a panicking loader counts as a failed load,
-    /// so that health never stays LOADING forever.
-    fn finish_loading<F>(&self, load: F)
-    where
-        F: FnOnce() -> anyhow::Result<Box<dyn ImagePipeline>>,
-    {
-        let started = Instant::now();
-        let outcome = match catch_unwind(AssertUnwindSafe(load)) {
-            Ok(Ok(pipeline)) => {
-                tracing::info!(
-                    model = %self.model_id(),
-                    pipeline = pipeline.name(),
-                    secs = started.elapsed().as_secs_f64(),
-                    "model loaded"
-                );
-                Ok(Arc::new(tokio::sync::Mutex::new(pipeline)))
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.shared.inner.limits
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        self.shared.metrics()
+    }
+
+    /// Queues `job` for the model and waits for its images. Dropping the returned future
+    /// (the client went away) lets the worker skip or stop the job.
+    pub(crate) async fn run(&self, job: Job) -> Reply {
+        match self.shared.inner.loaded.get() {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The model is still loading; try again shortly.",
+                ))
             }
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(panic) => Err(format!("the loader panicked: {}", panic_message(&*panic))),
-        };
-        if let Err(why) = &outcome {
-            tracing::error!(model = %self.model_id(), error = %why, "model failed to load");
+            Some(Err(why)) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("The model failed to load: {why}"),
+                ))
+            }
+            Some(Ok(())) => {}
         }
-        self.set_model(outcome);
-    }
-
-    fn set_model(&self, outcome: Result<SharedPipeline, String>) {
-        // Only the one loader thread ever sets it.
-        let _ = self.inner.model.set(outcome);
+        let result = self.queue.submit(&self.shared, job)?;
+        let mut waiting = Waiting {
+            metrics: self.metrics(),
+            answered: false,
+        };
+        let reply = result.await.unwrap_or_else(|_| {
+            tracing::error!("the worker dropped a job without answering");
+            Err(ApiError::pipeline())
+        });
+        waiting.answered = true;
+        reply
     }
 }
 
-/// The engine's loader: the folder for the id (or the folder given), then the pipeline its
-/// `model_index.json` names, in the device's default precision.
-fn load_model(
-    store: &ModelStore,
-    id: &str,
-    device: &Device,
-) -> anyhow::Result<Box<dyn ImagePipeline>> {
-    let folder = store.resolve_id_or_dir(id, None)?;
-    let dtype = tessera_engine::device::default_dtype(device);
-    pipelines::load(&folder, device, dtype).with_context(|| format!("loading {}", folder.display()))
+/// A request waiting for the worker; dropped unanswered, its client went away (which is
+/// worth counting: clients giving up is what an overloaded runner looks like).
+struct Waiting<'a> {
+    metrics: &'a Metrics,
+    answered: bool,
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message")
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::info!("client gone before its images were ready");
+            self.metrics.client_gone();
+        }
+    }
+}
+
+impl Shared {
+    pub fn model_id(&self) -> &str {
+        &self.inner.model_id
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Records the load's outcome; only the worker thread ever sets it, once.
+    pub fn loaded(&self, outcome: Result<(), String>) {
+        let _ = self.inner.loaded.set(outcome);
+    }
+
+    /// Adds `delta` to the number of waiting jobs and publishes it.
+    pub fn queued_changed(&self, delta: isize) {
+        let now = self.inner.queued.fetch_add(delta, Ordering::SeqCst) + delta;
+        self.inner.metrics.set_queue_depth(now.max(0) as usize);
+    }
+}
+
+/// The engine's loader: the model the id names (with its forced settings), or the folder
+/// given, in the device's default precision.
+fn load_editor(config: &EditorConfig) -> anyhow::Result<Editor> {
+    let editor = Editor::load(config).with_context(|| format!("loading {}", config.model_id))?;
+    tracing::info!(pipeline = editor.pipeline_name(), "pipeline ready");
+    Ok(editor)
 }

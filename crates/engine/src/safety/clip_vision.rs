@@ -102,15 +102,6 @@ impl ClipVisionConfig {
     }
 }
 
-/// The activation named by `hidden_act`, as transformers computes it.
-fn activate(act: Activation, xs: &Tensor) -> Result<Tensor> {
-    Ok(match act {
-        Activation::QuickGelu => (xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?)?,
-        Activation::Gelu => xs.gelu_erf()?,
-        Activation::GeluTanh => xs.gelu()?,
-    })
-}
-
 #[derive(Debug)]
 struct Embeddings {
     patch: Conv2d,
@@ -228,7 +219,9 @@ impl EncoderLayer {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?)?)?;
-        let hidden = activate(self.act, &self.fc1.forward(&self.norm2.forward(&xs)?)?)?;
+        let hidden = self
+            .act
+            .apply(&self.fc1.forward(&self.norm2.forward(&xs)?)?)?;
         Ok((&xs + self.fc2.forward(&hidden)?)?)
     }
 }

@@ -130,7 +130,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/stream/{request_id}/{file}", get(stream))
         .route("/jobs/{request_id}", get(job_record))
         .route("/health", get(health))
-        .layer(DefaultBodyLimit::max(tessera_runner::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(crate::form::max_body_bytes()))
         .with_state(gateway)
 }
 

@@ -283,7 +283,7 @@ pub fn router(orchestrator: Orchestrator) -> Router {
         .route("/image-to-image/", post(image_to_image))
         .route("/capabilities", get(capabilities))
         .route("/health", get(health))
-        .layer(DefaultBodyLimit::max(tessera_runner::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(crate::form::max_body_bytes()))
         .with_state(orchestrator)
 }
 

@@ -1,0 +1,67 @@
+//! What the worker needs of a model: one image at a time from an input image and a request.
+//! A trait of the runner's own, so that the queue, cancellation and error paths can be
+//! tested with fake models (slow, failing, panicking) as well as with the engine.
+
+use tessera_engine::editor::{EditRequest, Editor};
+use tessera_engine::image_io::RgbImage;
+use tessera_engine::pipelines::EditParams;
+
+/// One output image to make.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub params: EditParams,
+    /// LoRA adapters (id or path, strength), as parsed from the `loras` field.
+    pub loras: Vec<(String, f64)>,
+    /// The generator seed of this image (`seed + i` for the request's image `i`).
+    pub seed: u64,
+    pub safety_check: bool,
+}
+
+/// One generated image and whether the safety checker flagged it.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub image: RgbImage,
+    pub nsfw: bool,
+}
+
+/// A loaded model, owned by the worker thread.
+pub trait Model: Send {
+    /// Generates one image. `keep_going` turns false when nobody waits for the result any
+    /// more; a model may stop early then (its result is thrown away).
+    fn generate(
+        &mut self,
+        image: &RgbImage,
+        request: &ImageRequest,
+        keep_going: &dyn Fn() -> bool,
+    ) -> tessera_engine::Result<Generated>;
+}
+
+/// The engine's editor: the model with the settings it forces, LoRA adapters switched per
+/// request, the safety checker, torch-compatible noise from the seed (so that a seed gives
+/// what diffusers gives).
+impl Model for Editor {
+    fn generate(
+        &mut self,
+        image: &RgbImage,
+        request: &ImageRequest,
+        keep_going: &dyn Fn() -> bool,
+    ) -> tessera_engine::Result<Generated> {
+        let edit = EditRequest {
+            params: request.params.clone(),
+            loras: request.loras.clone(),
+            seed: request.seed,
+            num_images: 1,
+            safety_check: request.safety_check,
+        };
+        let out = self.edit(image, &edit, &mut |_, _| {}, keep_going)?;
+        // Empty only when the client left before the image was started.
+        let edited = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| tessera_engine::Error::Model("the request was cancelled".into()))?;
+        Ok(Generated {
+            image: edited.image,
+            nsfw: edited.nsfw,
+        })
+    }
+}
