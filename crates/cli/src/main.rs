@@ -2,6 +2,9 @@
 
 mod bench;
 mod edit;
+mod gateway;
+mod jobs;
+mod orchestrator;
 mod random_model;
 mod runner;
 mod safety_check;
@@ -22,10 +25,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a warm model over HTTP (ai-runner's API).
+    /// Everything in one process: gateway, orchestrator and the warm model, with local
+    /// result storage and a SQLite ledger.
     Serve(serve::ServeArgs),
-    /// One model behind ai-runner's API: a drop-in for its image-to-image container.
+    /// One warm model behind ai-runner's HTTP API (a drop-in ai-runner container).
     Runner(runner::RunnerArgs),
+    /// Serve gateways' jobs with the models of an aiModels.json list.
+    Orchestrator(orchestrator::OrchestratorArgs),
+    /// The public API: route jobs to orchestrators by price, store results, keep a ledger.
+    Gateway(gateway::GatewayArgs),
+    /// List a gateway ledger's recent jobs and totals per orchestrator.
+    Jobs(jobs::JobsArgs),
     /// Edit one local image with a diffusion model (no server).
     Edit(Box<edit::EditArgs>),
     /// Time the engine's components on random-weight real-size architectures.
@@ -40,7 +50,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A server logs what it does (listening, model loaded, requests); one-shot commands keep
     // stderr for their progress bar and errors. RUST_LOG overrides both.
-    let default_level = if matches!(cli.command, Command::Serve(_) | Command::Runner(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Runner(_) | Command::Orchestrator(_) | Command::Gateway(_)
+    ) {
         "info"
     } else {
         "warn"
@@ -55,6 +68,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Runner(a) => runner::run(a),
+        Command::Orchestrator(a) => orchestrator::run(a),
+        Command::Gateway(a) => gateway::run(a),
+        Command::Jobs(a) => jobs::run(a),
         Command::Edit(a) => edit::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::RandomModel(a) => random_model::run(a),

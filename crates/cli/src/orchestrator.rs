@@ -1,0 +1,58 @@
+//! `tessera orchestrator`: serves gateways' jobs with the models of an `aiModels.json` list.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tessera_network::orchestrator::{self, DEFAULT_PORT};
+use tessera_network::{load_models, Orchestrator, OrchestratorConfig};
+
+#[derive(clap::Args)]
+pub struct OrchestratorArgs {
+    /// The model list, in go-livepeer's aiModels.json format.
+    #[arg(long, env = "AI_MODELS_JSON", default_value = "aiModels.json")]
+    models: PathBuf,
+    /// The secret gateways send as `Authorization: Bearer <secret>`. Without one, anyone
+    /// who reaches the port can run jobs.
+    #[arg(long, env = "ORCH_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Model directory of the in-process models, in the HuggingFace hub cache layout
+    /// [default: the HuggingFace cache].
+    #[arg(long, env = "MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// cpu, cuda or cuda:N, for the in-process models.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Cold models kept loaded at once; loading another unloads the least recently used
+    /// idle one.
+    #[arg(long, default_value_t = 1)]
+    max_cold_loaded: usize,
+}
+
+pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
+    let models = load_models(&a.models)?;
+    if a.secret.as_deref().unwrap_or_default().is_empty() {
+        tracing::warn!("no --secret: anyone who reaches this port can run jobs");
+    }
+    let defaults = OrchestratorConfig::default();
+    let config = OrchestratorConfig {
+        secret: a.secret,
+        model_dir: a.model_dir.unwrap_or(defaults.model_dir.clone()),
+        device: a.device,
+        max_cold_loaded: a.max_cold_loaded,
+        ..defaults
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+                .await
+                .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
+            let orchestrator = Orchestrator::start(models, config)?;
+            orchestrator::serve_on(listener, orchestrator).await
+        })
+}
