@@ -299,9 +299,12 @@ mod tests {
                 if geometry.is_same() {
                     results.push(("implicit GEMM", conv.implicit_gemm(&x)));
                 }
+                // Outputs are sums of up to 75 products of unit normals (|y| up to ~30): the
+                // kernels add in another order than candle, a few f32 ulps of that apart
+                // (1.1e-5 was seen). A wrong tap or offset is off by O(1).
                 for (what, got) in results {
                     let diff = max_abs_diff(&got.unwrap(), &expected);
-                    assert!(diff < 1e-5, "{what}, {geometry:?} on {h}x{w}: {diff}");
+                    assert!(diff < 1e-4, "{what}, {geometry:?} on {h}x{w}: {diff}");
                 }
             }
         }
