@@ -26,6 +26,10 @@ pub struct OrchestratorArgs {
     /// cpu, cuda or cuda:N, for the in-process models.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The NSFW safety checker: a model id (looked up in --model-dir) or a folder, loaded
+    /// when a request first asks for a check and shared by every model.
+    #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]
+    safety_checker: String,
     /// Cold models kept loaded at once; loading another unloads the least recently used
     /// idle one.
     #[arg(long, default_value_t = 1)]
@@ -42,6 +46,7 @@ pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
         secret: a.secret,
         model_dir: a.model_dir.unwrap_or(defaults.model_dir.clone()),
         device: a.device,
+        safety_checker: a.safety_checker,
         max_cold_loaded: a.max_cold_loaded,
         ..defaults
     };

@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The NSFW safety checker: a model id (looked up in --model-dir) or a folder, loaded
+    /// when a request first asks for a check and shared by every model.
+    #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]
+    safety_checker: String,
     /// Where results (`results/`) and the ledger (`ledger.sqlite`) are kept.
     #[arg(long, env = "TESSERA_DATA_DIR", default_value = "tessera-data")]
     data_dir: PathBuf,
@@ -66,6 +70,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         secret: Some(secret.clone()),
         model_dir: a.model_dir.unwrap_or(defaults.model_dir.clone()),
         device: a.device,
+        safety_checker: a.safety_checker,
         ..defaults
     };
     let gateway_config = GatewayConfig {

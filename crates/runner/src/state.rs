@@ -49,14 +49,23 @@ impl Runner {
     pub fn start(config: &RunnerConfig) -> anyhow::Result<Self> {
         let device = tessera_engine::device::parse(&config.device)?;
         let store = ModelStore::new(&config.model_dir);
-        let safety =
-            SharedSafetyChecker::new(store.clone(), &config.safety_checker, device.clone());
+        let safety = SharedSafetyChecker::new(store, &config.safety_checker, device);
+        Self::start_sharing(config, Arc::new(safety))
+    }
+
+    /// [`Runner::start`] with a safety checker shared with other runners of the process (an
+    /// orchestrator serving several models loads the checker once).
+    pub fn start_sharing(
+        config: &RunnerConfig,
+        safety: Arc<SharedSafetyChecker>,
+    ) -> anyhow::Result<Self> {
+        let device = tessera_engine::device::parse(&config.device)?;
         let editor = EditorConfig {
             model_id: config.model_id.clone(),
-            store,
+            store: ModelStore::new(&config.model_dir),
             dtype: tessera_engine::device::default_dtype(&device),
             device,
-            safety: Arc::new(safety),
+            safety,
         };
         Ok(Self::start_with(config, move || load_editor(&editor)))
     }

@@ -3,13 +3,15 @@
 //! the job's multipart form as the gateway sent it, and both answer with the runner's
 //! response, so the orchestrator handles them alike.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tessera_engine::hub::ModelStore;
+use tessera_engine::safety::SharedSafetyChecker;
 use tessera_runner::{Health, Runner, RunnerConfig};
 use tower::ServiceExt;
 
@@ -27,6 +29,8 @@ pub(super) struct Backends {
     client: reqwest::Client,
     config: OrchestratorConfig,
     pub(super) max_cold_loaded: usize,
+    /// One NSFW checker for every local model, loaded when a request first asks for it.
+    safety: Arc<SharedSafetyChecker>,
     /// Held while a model is looked up, evicted or started, so that two requests never load
     /// the same model twice or evict each other's.
     pub(super) loading: tokio::sync::Mutex<()>,
@@ -34,8 +38,14 @@ pub(super) struct Backends {
 
 impl Backends {
     pub(super) fn new(config: &OrchestratorConfig) -> anyhow::Result<Self> {
+        let safety = SharedSafetyChecker::new(
+            ModelStore::new(&config.model_dir),
+            &config.safety_checker,
+            tessera_engine::device::parse(&config.device)?,
+        );
         Ok(Self {
             client: reqwest::Client::builder().build()?,
+            safety: Arc::new(safety),
             max_cold_loaded: config.max_cold_loaded.max(1),
             config: config.clone(),
             loading: tokio::sync::Mutex::new(()),
@@ -147,7 +157,7 @@ impl LocalModel {
             device: backends.config.device.clone(),
             ..RunnerConfig::default()
         };
-        let runner = Runner::start(&config)?;
+        let runner = Runner::start_sharing(&config, backends.safety.clone())?;
         tracing::info!(model = %self.model_id, "loading model");
         *self.slot() = Some(Loaded {
             runner: runner.clone(),

@@ -44,6 +44,8 @@ pub struct OrchestratorConfig {
     pub model_dir: PathBuf,
     /// `cpu`, `cuda` or `cuda:N`, for the in-process runners.
     pub device: String,
+    /// The NSFW safety checker of the in-process runners (hub id or folder), one for all.
+    pub safety_checker: String,
     /// Cold models kept loaded at once. Loading one more first unloads the least recently
     /// used idle cold model, so that memory holds the warm models and this many others.
     pub max_cold_loaded: usize,
@@ -59,6 +61,7 @@ impl Default for OrchestratorConfig {
             secret: None,
             model_dir: tessera_engine::hub::default_model_dir(),
             device: "cpu".into(),
+            safety_checker: tessera_engine::safety::DEFAULT_MODEL_ID.into(),
             max_cold_loaded: 1,
             load_timeout: Duration::from_secs(600),
             runner_timeout: Duration::from_secs(600),
@@ -73,6 +76,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("model_dir", &self.model_dir)
             .field("device", &self.device)
+            .field("safety_checker", &self.safety_checker)
             .field("max_cold_loaded", &self.max_cold_loaded)
             .field("load_timeout", &self.load_timeout)
             .field("runner_timeout", &self.runner_timeout)
