@@ -49,6 +49,10 @@ pub struct RunnerArgs {
     /// Largest num_images_per_prompt.
     #[arg(long, default_value_t = Limits::default().max_images_per_prompt)]
     max_images_per_prompt: u32,
+    /// Largest num_inference_steps (a lower bound keeps a fuzzer or a careless client from
+    /// tying the one worker up for minutes).
+    #[arg(long, default_value_t = Limits::default().max_inference_steps)]
+    max_inference_steps: u32,
 }
 
 pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
@@ -74,6 +78,7 @@ pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
             max_upload_bytes: a.max_upload_mib.saturating_mul(1024 * 1024),
             max_image_side: a.max_image_side,
             max_images_per_prompt: a.max_images_per_prompt,
+            max_inference_steps: a.max_inference_steps,
             ..Limits::default()
         },
     };
