@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tessera_network::orchestrator::{self, DEFAULT_PORT};
 use tessera_network::{load_models, Orchestrator, OrchestratorConfig};
+use tessera_runner::Limits;
 
 #[derive(clap::Args)]
 pub struct OrchestratorArgs {
@@ -34,6 +35,10 @@ pub struct OrchestratorArgs {
     /// idle one.
     #[arg(long, default_value_t = 1)]
     max_cold_loaded: usize,
+    /// Largest num_images_per_prompt the in-process models take (past it, a 400 the gateway
+    /// passes on), as `tessera runner --max-images-per-prompt`.
+    #[arg(long, default_value_t = Limits::default().max_images_per_prompt)]
+    max_images_per_prompt: u32,
 }
 
 pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
@@ -48,6 +53,10 @@ pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
         device: a.device,
         safety_checker: a.safety_checker,
         max_cold_loaded: a.max_cold_loaded,
+        runner_limits: Limits {
+            max_images_per_prompt: a.max_images_per_prompt,
+            ..Limits::default()
+        },
         ..defaults
     };
     tokio::runtime::Builder::new_multi_thread()

@@ -139,3 +139,43 @@ async fn cold_models_load_on_demand_and_the_results_are_the_runners() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(msg(&body).contains("strength"), "{body}");
 }
+
+/// An orchestrator's in-process runners take the limits it is given, so that a gateway can
+/// ask it for more images per prompt than a runner's default allows.
+#[tokio::test]
+async fn in_process_runners_take_the_orchestrators_limits() {
+    let models = tempfile::tempdir().unwrap();
+    let folder = fixtures().join("models/tiny-instruct-pix2pix");
+    tessera_engine::hub::link_as_hub_cache(&folder, models.path(), "tessera/tiny-a").unwrap();
+    let config = |max_images_per_prompt| OrchestratorConfig {
+        model_dir: models.path().to_owned(),
+        runner_limits: tessera_runner::Limits {
+            max_images_per_prompt,
+            ..tessera_runner::Limits::default()
+        },
+        ..OrchestratorConfig::default()
+    };
+    let fields = [
+        ("model_id", "tessera/tiny-a"),
+        ("num_inference_steps", "1"),
+        ("num_images_per_prompt", "12"),
+        ("safety_check", "false"),
+        ("seed", "3"),
+    ];
+
+    let strict = orchestrator(json!([cold("tessera/tiny-a")]), config(11)).await;
+    let (status, _, body) = post_job(&strict, form(square_png(), &fields), Some(SECRET)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(msg(&body).contains("num_images_per_prompt"), "{body}");
+
+    let roomy = orchestrator(json!([cold("tessera/tiny-a")]), config(12)).await;
+    let (status, _, body) = post_job(&roomy, form(square_png(), &fields), Some(SECRET)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seeds: Vec<u64> = body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, (3..15).collect::<Vec<_>>());
+}

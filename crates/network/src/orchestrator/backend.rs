@@ -155,6 +155,7 @@ impl LocalModel {
             model_id: self.model_id.clone(),
             model_dir: backends.config.model_dir.clone(),
             device: backends.config.device.clone(),
+            limits: backends.config.runner_limits.clone(),
             ..RunnerConfig::default()
         };
         let runner = Runner::start_sharing(&config, backends.safety.clone())?;

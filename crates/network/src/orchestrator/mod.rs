@@ -53,6 +53,9 @@ pub struct OrchestratorConfig {
     pub load_timeout: Duration,
     /// How long an external runner may take over one job.
     pub runner_timeout: Duration,
+    /// The in-process runners' request limits (e.g. `num_images_per_prompt`), as
+    /// `tessera runner` takes them, so that an orchestrator can serve what a runner can.
+    pub runner_limits: tessera_runner::Limits,
 }
 
 impl Default for OrchestratorConfig {
@@ -65,6 +68,7 @@ impl Default for OrchestratorConfig {
             max_cold_loaded: 1,
             load_timeout: Duration::from_secs(600),
             runner_timeout: Duration::from_secs(600),
+            runner_limits: tessera_runner::Limits::default(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("max_cold_loaded", &self.max_cold_loaded)
             .field("load_timeout", &self.load_timeout)
             .field("runner_timeout", &self.runner_timeout)
+            .field("runner_limits", &self.runner_limits)
             .finish()
     }
 }
