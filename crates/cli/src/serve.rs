@@ -10,7 +10,7 @@ use rand::Rng;
 use serde_json::json;
 use tessera_network::{gateway, orchestrator, parse_models, storage::StorageConfig};
 use tessera_network::{Gateway, GatewayConfig, Orchestrator, OrchestratorConfig};
-use tessera_runner::{DEFAULT_MODEL_ID, DEFAULT_PORT};
+use tessera_runner::{Limits, DEFAULT_MODEL_ID, DEFAULT_PORT};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// How long results are kept.
     #[arg(long, default_value_t = 24.0)]
     retention_hours: f64,
+    /// Largest num_images_per_prompt a request may ask for.
+    #[arg(long, default_value_t = Limits::default().max_images_per_prompt)]
+    max_images_per_prompt: u32,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -71,6 +74,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         model_dir: a.model_dir.unwrap_or(defaults.model_dir.clone()),
         device: a.device,
         safety_checker: a.safety_checker,
+        runner_limits: Limits {
+            max_images_per_prompt: a.max_images_per_prompt,
+            ..Limits::default()
+        },
         ..defaults
     };
     let gateway_config = GatewayConfig {

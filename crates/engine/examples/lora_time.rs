@@ -70,7 +70,10 @@ fn main() -> anyhow::Result<()> {
     let mut modules = Vec::new();
     for (name, shape) in &shapes {
         if !projection.is_match(name) {
-            base.insert(name.clone(), Tensor::zeros((), dtype, &device)?.broadcast_as(shape)?);
+            base.insert(
+                name.clone(),
+                Tensor::zeros((), dtype, &device)?.broadcast_as(shape)?,
+            );
             continue;
         }
         let (out, inp) = shape.dims2()?;
