@@ -41,24 +41,34 @@ pub fn patch(
     Ok(patched)
 }
 
-/// `weight` with `updates` added, or None when every update has strength 0.
+/// `weight` with `updates` added, or None when every update has strength 0. All updates
+/// of a weight are one matrix product: the up factors, each scaled by its strength, side by
+/// side, times the down factors stacked (`Σ s·up·down = [s₁up₁ s₂up₂]·[down₁; down₂]`), so the
+/// weight-sized tensors are made and added once however many adapters there are.
 fn merge_one(weight: &Tensor, updates: &[(&LoraModule, f64)]) -> Result<Option<Tensor>> {
-    let mut merged: Option<Tensor> = None;
+    let device = weight.device();
+    let out = weight.dim(0)?;
+    let mut ups = Vec::with_capacity(updates.len());
+    let mut downs = Vec::with_capacity(updates.len());
     for (module, strength) in updates {
         let factor = strength * module.scaling();
         if factor == 0.0 {
             continue;
         }
-        let base = match merged.take() {
-            Some(m) => m,
-            None => weight.to_dtype(DType::F32)?,
-        };
-        merged = Some((base + (delta(module, weight)? * factor)?)?);
+        let rank = module.rank();
+        ups.push((module.up.to_device(device)?.reshape((out, rank))? * factor)?);
+        let down = module.down.to_device(device)?;
+        downs.push(down.reshape((rank, down.elem_count() / rank))?);
     }
-    Ok(match merged {
-        Some(m) => Some(m.to_dtype(weight.dtype())?),
-        None => None,
-    })
+    if ups.is_empty() {
+        return Ok(None);
+    }
+    let delta = Tensor::cat(&ups, 1)?
+        .matmul(&Tensor::cat(&downs, 0)?)?
+        .reshape(weight.shape())?;
+    Ok(Some(
+        (weight.to_dtype(DType::F32)? + delta)?.to_dtype(weight.dtype())?,
+    ))
 }
 
 /// Checks, before anything is computed, that `adapter` fits a pipeline whose components are
@@ -139,18 +149,4 @@ fn fits(module: &LoraModule, weight: &Tensor) -> std::result::Result<(), String>
             "factors {down:?} (down) and {up:?} (up) do not fit the weight's shape {w:?}"
         ))
     }
-}
-
-/// `up·down` in f32 on the weight's device, shaped as the weight (for a convolution:
-/// `delta[o, i, y, x] = Σ_r up[o, r]·down[r, i, y, x]`, the 1x1 conv `up` applied to `down`).
-fn delta(module: &LoraModule, weight: &Tensor) -> Result<Tensor> {
-    let device = weight.device();
-    let rank = module.rank();
-    let up = module
-        .up
-        .to_device(device)?
-        .reshape((weight.dim(0)?, rank))?;
-    let down = module.down.to_device(device)?;
-    let down = down.reshape((rank, down.elem_count() / rank))?;
-    Ok(up.matmul(&down)?.reshape(weight.shape())?)
 }
