@@ -6,7 +6,6 @@
 //! results ([`storage`]) and records every job ([`ledger`]). All speak the runner's
 //! multipart form and JSON answers, so clients of ai-runner work against either.
 
-pub mod auth;
 pub mod capabilities;
 pub mod error;
 pub mod form;
@@ -15,7 +14,6 @@ pub mod ledger;
 pub mod models;
 pub mod orchestrator;
 pub mod price;
-mod shutdown;
 pub mod storage;
 
 pub use capabilities::{Capabilities, OfferedModel};

@@ -14,6 +14,7 @@
 //! implement with fakes.
 
 mod api;
+pub mod auth;
 mod config;
 mod decode;
 mod error;
@@ -22,6 +23,7 @@ mod hardware;
 mod metrics;
 mod model;
 mod routes;
+pub mod shutdown;
 mod state;
 mod worker;
 
@@ -53,32 +55,7 @@ pub async fn serve_on(listener: TcpListener, runner: Runner) -> anyhow::Result<(
         "runner listening"
     );
     axum::serve(listener, router(runner))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown::signal())
         .await
         .context("the HTTP server failed")
-}
-
-/// Resolves on Ctrl-C, or on SIGTERM (how containers are stopped).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down");
 }

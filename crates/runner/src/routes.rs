@@ -4,13 +4,12 @@
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -18,6 +17,7 @@ use crate::api::{
     ApiDoc, Body_genImageToImage, HTTPError, HTTPValidationError, HardwareInformation,
     HardwareStats, HealthCheck, ImageResponse, Version,
 };
+use crate::auth::bearer_accepted;
 use crate::decode::decode_upload;
 use crate::error::ApiError;
 use crate::form::ImageToImageForm;
@@ -170,26 +170,11 @@ async fn count_requests(State(runner): State<Runner>, req: Request, next: Next) 
 /// before the body is read, so an unauthenticated client learns nothing about its form.
 async fn require_bearer(State(runner): State<Runner>, req: Request, next: Next) -> Response {
     match runner.auth_token() {
-        Some(expected) if !bearer_matches(req.headers(), expected) => {
+        Some(expected) if !bearer_accepted(req.headers(), &[expected]) => {
             ApiError::Unauthorized.into_response()
         }
         _ => next.run(req).await,
     }
-}
-
-/// The scheme is case-insensitive (RFC 7235); the token is compared in constant time so
-/// that response times do not reveal how much of a guess was right.
-fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some((scheme, token)) = value.split_once(' ') else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case("bearer") && bool::from(token.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// Apply image transformations to a provided image.
@@ -241,27 +226,4 @@ async fn decode(
             ApiError::pipeline()
         })?
         .map_err(|e| ApiError::bad_request(format!("image: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    fn auth(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-        h
-    }
-
-    #[test]
-    fn bearer_tokens_must_match_exactly() {
-        assert!(bearer_matches(&auth("Bearer s3cret"), "s3cret"));
-        assert!(bearer_matches(&auth("bearer s3cret"), "s3cret"));
-        assert!(!bearer_matches(&auth("Bearer s3cre"), "s3cret"));
-        assert!(!bearer_matches(&auth("Bearer s3cret "), "s3cret"));
-        assert!(!bearer_matches(&auth("Basic s3cret"), "s3cret"));
-        assert!(!bearer_matches(&auth("s3cret"), "s3cret"));
-        assert!(!bearer_matches(&HeaderMap::new(), "s3cret"));
-    }
 }

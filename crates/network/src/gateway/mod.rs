@@ -23,13 +23,13 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::auth::bearer_accepted;
 use crate::error::{unauthorized, ApiError};
 use crate::ledger::Ledger;
 use crate::price::PixelPrice;
 use crate::storage::ResultStore;
 pub use config::{GatewayConfig, DEFAULT_PORT};
 use registry::Registry;
+use tessera_runner::auth::bearer_accepted;
 
 /// How often stored results past their retention are swept away.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -138,7 +138,7 @@ pub fn router(gateway: Gateway) -> Router {
 pub async fn serve_on(listener: TcpListener, gateway: Gateway) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, router(gateway))
-        .with_graceful_shutdown(crate::shutdown::signal())
+        .with_graceful_shutdown(tessera_runner::shutdown::signal())
         .await
         .context("the gateway's HTTP server failed")
 }

@@ -21,13 +21,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::auth::bearer_accepted;
 use crate::capabilities::{Capabilities, OfferedModel};
 use crate::error::{unauthorized, ApiError};
 use crate::form::Form;
 use crate::models::ModelEntry;
 use crate::price::PixelPrice;
 use backend::{Backend, LocalModel};
+use tessera_runner::auth::bearer_accepted;
 
 /// The message gateways look for to try another orchestrator.
 pub const INSUFFICIENT_CAPACITY: &str = "insufficient capacity";
@@ -300,7 +300,7 @@ pub fn router(orchestrator: Orchestrator) -> Router {
 pub async fn serve_on(listener: TcpListener, orchestrator: Orchestrator) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
     axum::serve(listener, router(orchestrator))
-        .with_graceful_shutdown(crate::shutdown::signal())
+        .with_graceful_shutdown(tessera_runner::shutdown::signal())
         .await
         .context("the orchestrator's HTTP server failed")
 }

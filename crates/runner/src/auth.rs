@@ -1,5 +1,5 @@
-//! Bearer tokens: the gateway's client API keys and the secret gateways share with
-//! orchestrators.
+//! Bearer tokens: the runner's `AUTH_TOKEN`, the gateway's client API keys and the secret
+//! gateways share with orchestrators.
 
 use axum::http::{header, HeaderMap};
 use subtle::{Choice, ConstantTimeEq};
@@ -7,7 +7,7 @@ use subtle::{Choice, ConstantTimeEq};
 /// True when `headers` carry `Authorization: Bearer <t>` with `t` one of `accepted`. Every
 /// key is compared, in constant time, so that response times tell nothing about which key
 /// or how much of it a guess got right. The scheme is case-insensitive (RFC 7235).
-pub fn bearer_accepted(headers: &HeaderMap, accepted: &[String]) -> bool {
+pub fn bearer_accepted<K: AsRef<[u8]>>(headers: &HeaderMap, accepted: &[K]) -> bool {
     let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -20,7 +20,7 @@ pub fn bearer_accepted(headers: &HeaderMap, accepted: &[String]) -> bool {
     accepted
         .iter()
         .fold(Choice::from(0), |found, key| {
-            found | token.as_bytes().ct_eq(key.as_bytes())
+            found | token.as_bytes().ct_eq(key.as_ref())
         })
         .into()
 }
@@ -46,6 +46,7 @@ mod tests {
         assert!(!bearer_accepted(&auth("Basic first"), &keys));
         assert!(!bearer_accepted(&auth("first"), &keys));
         assert!(!bearer_accepted(&HeaderMap::new(), &keys));
-        assert!(!bearer_accepted(&auth("Bearer first"), &[]));
+        assert!(!bearer_accepted(&auth("Bearer first"), &[] as &[String]));
+        assert!(bearer_accepted(&auth("Bearer s3cret"), &["s3cret"]));
     }
 }
