@@ -45,7 +45,7 @@ pub struct BenchArgs {
     /// Timed calls after the warm-up call.
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// cpu, cuda[:N] or metal[:N] (the last two need a build with that backend).
+    /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, value_enum, default_value = "f32")]
@@ -253,23 +253,6 @@ fn time_calls(
         .collect()
 }
 
-fn parse_device(spec: &str) -> Result<Device> {
-    let (kind, ordinal) = match spec.split_once(':') {
-        Some((k, n)) => (
-            k,
-            n.parse()
-                .with_context(|| format!("bad device ordinal in '{spec}'"))?,
-        ),
-        None => (spec, 0),
-    };
-    Ok(match kind {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(ordinal)?,
-        "metal" => Device::new_metal(ordinal)?,
-        _ => bail!("unknown device '{spec}' (expected cpu, cuda[:N] or metal[:N])"),
-    })
-}
-
 /// Settings every component's bench shares.
 struct Plan {
     batch: Option<usize>,
@@ -453,7 +436,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         size,
         iters: a.iters,
         dtype: a.dtype.dtype(),
-        device: parse_device(&a.device)?,
+        device: tessera_engine::device::parse(&a.device)?,
     };
     let wants = |c: ComponentArg| a.component == ComponentArg::All || a.component == c;
     if !a.json {

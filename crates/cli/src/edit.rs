@@ -8,19 +8,21 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use tessera_api::{defaults, parse_loras};
 use tessera_engine::editor::{EditRequest, Editor, EditorConfig};
 use tessera_engine::image_io;
 use tessera_engine::pipelines::EditParams;
 use tessera_engine::safety::SharedSafetyChecker;
+
+use crate::args::EngineArgs;
 
 #[derive(clap::Args)]
 pub struct EditArgs {
     /// Model id (`org/name`, looked up in --model-dir) or a diffusers model folder.
     #[arg(long)]
     model: String,
-    /// Model directory in the HuggingFace hub cache layout [default: the HuggingFace cache].
-    #[arg(long, env = "MODEL_DIR")]
-    model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Input image (PNG, JPEG, WebP, GIF, BMP, TIFF).
     #[arg(long)]
     image: PathBuf,
@@ -30,19 +32,19 @@ pub struct EditArgs {
     #[arg(long, default_value = "")]
     negative_prompt: String,
     /// Denoising steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = defaults::NUM_INFERENCE_STEPS as usize)]
     steps: usize,
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(long, default_value_t = defaults::GUIDANCE_SCALE)]
     guidance_scale: f64,
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = defaults::IMAGE_GUIDANCE_SCALE)]
     image_guidance_scale: f64,
     /// How much of the input to repaint (img2img models).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = defaults::STRENGTH)]
     strength: f64,
     /// Seed of the first image; image i uses seed + i [default: random].
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults::NUM_IMAGES_PER_PROMPT as usize)]
     num_images: usize,
     /// LoRA adapters as JSON, {"ORG/NAME or path.safetensors": scale}, at most 4.
     #[arg(long)]
@@ -50,11 +52,6 @@ pub struct EditArgs {
     /// Skip the NSFW check (reports nsfw: false, as ai-runner does).
     #[arg(long)]
     no_safety_check: bool,
-    /// The NSFW safety checker: a model id (looked up in --model-dir) or a folder.
-    #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]
-    safety_checker: String,
-    #[arg(long, default_value = "cpu")]
-    device: String,
     /// Output PNG; further images go to OUT-1.png, OUT-2.png, ...
     #[arg(long)]
     output: PathBuf,
@@ -96,14 +93,10 @@ fn check(a: &EditArgs) -> anyhow::Result<()> {
 
 pub fn run(a: EditArgs) -> anyhow::Result<()> {
     check(&a)?;
-    let loras =
-        tessera_engine::lora::parse_loras(a.loras.as_deref().unwrap_or("")).context("--loras")?;
-    let device = tessera_engine::device::parse(&a.device)?;
-    let store = tessera_engine::hub::ModelStore::new(
-        a.model_dir
-            .clone()
-            .unwrap_or_else(tessera_engine::hub::default_model_dir),
-    );
+    let loras = parse_loras(a.loras.as_deref().unwrap_or(""))
+        .map_err(|e| anyhow::anyhow!("--loras: {e}"))?;
+    let device = tessera_engine::device::parse(&a.engine.device)?;
+    let store = tessera_engine::hub::ModelStore::new(a.engine.model_dir());
     let image = image_io::read(&a.image)?;
     // Fail on an unwritable destination now, not after minutes of denoising.
     if let Some(parent) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -111,7 +104,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let started = Instant::now();
-    let safety = SharedSafetyChecker::new(store.clone(), &a.safety_checker, device.clone());
+    let safety = SharedSafetyChecker::new(store.clone(), &a.engine.safety_checker, device.clone());
     let mut editor = Editor::load(&EditorConfig {
         model_id: a.model.clone(),
         store,

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-use tessera_network::gateway::{self, DEFAULT_PORT};
-use tessera_network::{Gateway, GatewayConfig};
+use tessera_gateway::{Gateway, GatewayConfig, DEFAULT_PORT};
+
+use crate::args::ListenArgs;
+use crate::listen;
 
 #[derive(clap::Args)]
 pub struct GatewayArgs {
-    /// The gateway's JSON config (orchestrators, prices, storage, ledger, keys); see
+    /// The gateway's JSON config (orchestrators, prices, storage, ledger, keys, limits); see
     /// docs/network.md. Without one, the defaults and the flags below.
     #[arg(long, env = "TESSERA_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
@@ -18,10 +19,8 @@ pub struct GatewayArgs {
     /// The secret the orchestrators want (overrides the config's).
     #[arg(long, env = "ORCH_SECRET", hide_env_values = true)]
     orchestrator_secret: Option<String>,
-    #[arg(long, default_value = "0.0.0.0")]
-    host: String,
-    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
-    port: u16,
+    #[command(flatten)]
+    listen: ListenArgs,
 }
 
 pub fn run(a: GatewayArgs) -> anyhow::Result<()> {
@@ -36,14 +35,10 @@ pub fn run(a: GatewayArgs) -> anyhow::Result<()> {
     if config.orchestrators.is_empty() {
         anyhow::bail!("no orchestrators: list them in --config or with --orchestrator URL");
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
-                .await
-                .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
-            let gateway = Gateway::start(config).await?;
-            gateway::serve_on(listener, gateway).await
-        })
+    listen::block_on(async {
+        let port = a.listen.port.unwrap_or(DEFAULT_PORT);
+        let listener = listen::bind(&a.listen.host, port).await?;
+        let gateway = Gateway::start(config).await?;
+        tessera_gateway::serve_on(listener, gateway).await
+    })
 }

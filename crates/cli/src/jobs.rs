@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use tessera_network::{GatewayConfig, Ledger};
+use tessera_gateway::{GatewayConfig, Ledger};
 
 #[derive(clap::Args)]
 pub struct JobsArgs {

@@ -1,9 +1,11 @@
 //! `tessera`: the command line. One binary, one subcommand per role.
 
+mod args;
 mod bench;
 mod edit;
 mod gateway;
 mod jobs;
+mod listen;
 mod orchestrator;
 mod random_model;
 mod runner;

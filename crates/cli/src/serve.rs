@@ -8,31 +8,23 @@ use std::path::PathBuf;
 use anyhow::Context;
 use rand::Rng;
 use serde_json::json;
-use tessera_network::{gateway, orchestrator, parse_models, storage::StorageConfig};
-use tessera_network::{Gateway, GatewayConfig, Orchestrator, OrchestratorConfig};
-use tessera_runner::{Limits, DEFAULT_MODEL_ID, DEFAULT_PORT};
+use tessera_api::defaults;
+use tessera_gateway::{Gateway, GatewayConfig, StorageConfig};
+use tessera_orchestrator::{parse_models, Orchestrator, OrchestratorConfig};
+
+use crate::args::{EngineArgs, LimitArgs, ListenArgs};
+use crate::listen;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Model id (`org/name`, looked up in --model-dir and downloaded if missing) or a
     /// diffusers model folder. It is the warm model, and the one requests get by default.
-    #[arg(long, env = "MODEL_ID", default_value = DEFAULT_MODEL_ID)]
+    #[arg(long, env = "MODEL_ID", default_value = defaults::MODEL_ID)]
     model_id: String,
-    /// Model directory in the HuggingFace hub cache layout [default: the HuggingFace cache].
-    #[arg(long, env = "MODEL_DIR")]
-    model_dir: Option<PathBuf>,
-    /// Address to listen on (all interfaces by default, as ai-runner's container).
-    #[arg(long, default_value = "0.0.0.0")]
-    host: String,
-    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
-    port: u16,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The NSFW safety checker: a model id (looked up in --model-dir) or a folder, loaded
-    /// when a request first asks for a check and shared by every model.
-    #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]
-    safety_checker: String,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    listen: ListenArgs,
     /// Where results (`results/`) and the ledger (`ledger.sqlite`) are kept.
     #[arg(long, env = "TESSERA_DATA_DIR", default_value = "tessera-data")]
     data_dir: PathBuf,
@@ -51,9 +43,8 @@ pub struct ServeArgs {
     /// How long results are kept.
     #[arg(long, default_value_t = 24.0)]
     retention_hours: f64,
-    /// Largest num_images_per_prompt a request may ask for.
-    #[arg(long, default_value_t = Limits::default().max_images_per_prompt)]
-    max_images_per_prompt: u32,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -68,17 +59,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         .take(32)
         .map(char::from)
         .collect();
-    let defaults = OrchestratorConfig::default();
+    let limits = a.limits.limits();
     let orchestrator_config = OrchestratorConfig {
         secret: Some(secret.clone()),
-        model_dir: a.model_dir.unwrap_or(defaults.model_dir.clone()),
-        device: a.device,
-        safety_checker: a.safety_checker,
-        runner_limits: Limits {
-            max_images_per_prompt: a.max_images_per_prompt,
-            ..Limits::default()
-        },
-        ..defaults
+        model_dir: a.engine.model_dir(),
+        device: a.engine.device,
+        safety_checker: a.engine.safety_checker,
+        limits: limits.clone(),
+        ..OrchestratorConfig::default()
     };
     let gateway_config = GatewayConfig {
         orchestrator_secret: Some(secret),
@@ -92,23 +80,26 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         retention_hours: a.retention_hours,
         // One local orchestrator: retrying elsewhere would only retry it.
         max_attempts: 1,
+        limits,
         ..GatewayConfig::default()
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let public = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
-                .await
-                .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
-            let internal = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("cannot listen on a loopback port")?;
-            let mut gateway_config = gateway_config;
-            gateway_config.orchestrators = vec![format!("http://{}", internal.local_addr()?)];
-            let orchestrator = Orchestrator::start(models, orchestrator_config)?;
-            tokio::spawn(orchestrator::serve_on(internal, orchestrator));
-            let gateway = Gateway::start(gateway_config).await?;
-            gateway::serve_on(public, gateway).await
-        })
+    listen::block_on(async {
+        let port = a.listen.port.unwrap_or(defaults::PORT);
+        let public = listen::bind(&a.listen.host, port).await?;
+        let internal = listen::bind("127.0.0.1", 0).await?;
+        let mut gateway_config = gateway_config;
+        gateway_config.orchestrators = vec![format!("http://{}", internal.local_addr()?)];
+        let orchestrator = Orchestrator::start(models, orchestrator_config)?;
+        let gateway = Gateway::start(gateway_config).await?;
+        // Both stop on the same signal; either failing stops the service with its error.
+        tokio::try_join!(
+            async {
+                tessera_orchestrator::serve_on(internal, orchestrator)
+                    .await
+                    .context("the embedded orchestrator failed")
+            },
+            tessera_gateway::serve_on(public, gateway),
+        )?;
+        Ok(())
+    })
 }

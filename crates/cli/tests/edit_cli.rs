@@ -1,20 +1,16 @@
 //! `tessera edit` as a user runs it: the real binary on the fixture instruct-pix2pix model,
 //! by folder path and by id from a hub-cache model directory.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/diffusers-parity")
-}
+use tessera_testkit::parity_dir as fixtures;
 
 fn tessera(args: &[&str], model_dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    cmd.args(args)
-        .env_remove("MODEL_DIR")
-        .env("HF_HUB_OFFLINE", "1");
+    let mut cmd = tessera_testkit::tessera(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args);
     if let Some(d) = model_dir {
         cmd.env("MODEL_DIR", d);
     }

@@ -3,15 +3,12 @@
 //! base and its UNet file from two repositories and forces its settings; the turbo models
 //! force theirs. Each output is checked against diffusers' result for the same settings.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use tessera_engine::hub::link_as_hub_cache;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/diffusers-parity")
-}
+use tessera_testkit::parity_dir as fixtures;
 
 /// A hub cache with the fixture models under the ids the network uses.
 fn model_dir() -> tempfile::TempDir {
@@ -33,12 +30,11 @@ fn model_dir() -> tempfile::TempDir {
 
 /// Runs `tessera edit` and returns its stdout JSON and the first image.
 fn edit(model_dir: &Path, args: &[&str], out: &Path) -> (serde_json::Value, Tensor) {
-    let res = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let res = tessera_testkit::tessera(env!("CARGO_BIN_EXE_tessera"))
         .arg("edit")
         .args(args)
         .args(["--no-safety-check", "--output", out.to_str().unwrap()])
         .env("MODEL_DIR", model_dir)
-        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
     assert!(
@@ -183,7 +179,7 @@ fn lightning_without_its_unet_file_names_what_is_missing() {
     .unwrap();
     let out = tempfile::tempdir().unwrap();
     let square = fixtures().join("inputs/square.png");
-    let res = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let res = tessera_testkit::tessera(env!("CARGO_BIN_EXE_tessera"))
         .args([
             "edit",
             "--model",
@@ -196,7 +192,6 @@ fn lightning_without_its_unet_file_names_what_is_missing() {
             out.path().join("x.png").to_str().unwrap(),
         ])
         .env("MODEL_DIR", cache.path())
-        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);

@@ -2,60 +2,19 @@
 //! a job with stored results, `tessera jobs` reading its ledger, and `tessera orchestrator`
 //! refusing a model list it cannot serve.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use reqwest::blocking::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/diffusers-parity")
-}
+use tessera_testkit::parity_dir as fixtures;
+use tessera_testkit::{free_port, Server};
 
 fn tessera() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    cmd.env_remove("MODEL_DIR")
-        .env_remove("MODEL_ID")
-        .env_remove("PORT")
-        .env_remove("TESSERA_API_KEYS")
-        .env("HF_HUB_OFFLINE", "1");
-    cmd
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_health(base: &str, server: &mut Server) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(res) = reqwest::blocking::get(format!("{base}/health")) {
-            if res.status() == StatusCode::OK {
-                return;
-            }
-        }
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("tessera serve exited: {status}");
-        }
-        assert!(Instant::now() < deadline, "tessera serve did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tessera_testkit::tessera(env!("CARGO_BIN_EXE_tessera"))
 }
 
 fn serve(model_dir: &Path, data_dir: &Path, port: u16) -> Server {
@@ -86,7 +45,7 @@ fn serve_answers_with_stored_results_and_jobs_lists_them() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = serve(models.path(), data.path(), port);
-    wait_for_health(&base, &mut server);
+    server.wait_healthy(&base);
 
     let form = Form::new()
         .text("prompt", "make it blue")

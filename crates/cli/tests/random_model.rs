@@ -3,7 +3,6 @@
 //! bench must time every component of it, from the folder and in memory.
 
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use tessera_engine::clip::ClipTextModel;
@@ -13,7 +12,7 @@ use tessera_engine::unet::{AddedConditioning, UNet2DConditionModel};
 use tessera_engine::vae::AutoencoderKl;
 
 fn tessera(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let out = tessera_testkit::tessera(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
         .output()
         .expect("tessera runs");

@@ -3,13 +3,11 @@
 //! (`diffusers-parity/safety_expected.json`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const CHECKER_ID: &str = "CompVis/stable-diffusion-safety-checker";
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/diffusers-parity")
-}
+use tessera_testkit::parity_dir as fixtures;
 
 fn checker_folder() -> PathBuf {
     fixtures().join("models/tiny-safety-checker")
@@ -17,11 +15,8 @@ fn checker_folder() -> PathBuf {
 
 /// Runs the binary in `cwd` with MODEL_DIR set to `model_dir` (or unset) and no downloads.
 fn tessera(args: &[&str], cwd: &Path, model_dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("MODEL_DIR")
-        .env("HF_HUB_OFFLINE", "1");
+    let mut cmd = tessera_testkit::tessera(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args).current_dir(cwd);
     if let Some(d) = model_dir {
         cmd.env("MODEL_DIR", d);
     }

@@ -484,9 +484,9 @@ fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{fixtures_dir, max_abs_diff};
     use std::collections::HashMap;
     use std::path::PathBuf;
+    use tessera_testkit::{fixtures_dir, max_abs_diff};
 
     const TOLERANCE: f32 = 1e-5;
 

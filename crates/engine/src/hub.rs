@@ -23,13 +23,12 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tessera_api::quoted;
+
 use crate::error::{Error, Result};
 
 /// The longest organisation or name part the hub accepts.
 const MAX_PART_LEN: usize = 96;
-/// How much of a rejected id an error message quotes: ids come from requests, and an error
-/// should not echo megabytes back.
-const MAX_QUOTED_ID: usize = 200;
 
 /// Checks that `id` is a HuggingFace model id, `ORG/NAME`, before it is used as part of a
 /// path. Each part holds ASCII letters, digits, `-`, `_` and `.`, starts and ends with a
@@ -38,7 +37,7 @@ const MAX_QUOTED_ID: usize = 200;
 pub fn validate_model_id(id: &str) -> Result<()> {
     id_problem(id).map_or(Ok(()), |reason| {
         Err(Error::InvalidModelId {
-            id: quoted_id(id),
+            id: quoted(id),
             reason,
         })
     })
@@ -106,16 +105,6 @@ fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
-/// `id` as an error message may quote it: control characters escaped (no forged log lines),
-/// and cut short when it is long.
-fn quoted_id(id: &str) -> String {
-    let escaped: String = id.escape_debug().collect();
-    match escaped.char_indices().nth(MAX_QUOTED_ID) {
-        Some((cut, _)) => format!("{}...", &escaped[..cut]),
-        None => escaped,
-    }
-}
-
 /// Checks a file name inside a repository (`unet/config.json`, a LoRA weights file): a
 /// relative path of plain components, so that joining it to a snapshot cannot leave it.
 fn validate_file_name(id: &str, file: &str) -> Result<()> {
@@ -137,8 +126,8 @@ fn validate_file_name(id: &str, file: &str) -> Result<()> {
     problem.map_or(Ok(()), |reason| {
         Err(Error::InvalidInput(format!(
             "invalid file name '{}' in model '{}': {reason}",
-            quoted_id(file),
-            quoted_id(id)
+            quoted(file),
+            quoted(id)
         )))
     })
 }
@@ -319,7 +308,7 @@ impl ModelStore {
                     return Err(Error::Model(format!(
                         "{} holds '{}', which is not a revision",
                         ref_path.display(),
-                        quoted_id(rev)
+                        quoted(rev)
                     )));
                 }
                 let snapshot = snapshots.join(rev);

@@ -19,5 +19,4 @@ pub mod models;
 pub mod ops;
 pub mod pipelines;
 pub mod safety;
-pub mod testing;
 pub mod unet;

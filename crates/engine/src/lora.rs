@@ -1,4 +1,4 @@
-//! LoRA adapters: the `loras` request field, loading adapter files (diffusers/peft and kohya-ss
+//! LoRA adapters: loading adapter files (diffusers/peft and kohya-ss
 //! formats), and patching a component's weights with them.
 //!
 //! Nothing here mutates a tensor. [`patch`] takes a component's base name -> tensor map and
@@ -13,28 +13,15 @@
 mod adapter;
 mod cache;
 mod merge;
-mod request;
 mod targets;
 
 pub use adapter::{Component, LoraAdapter, LoraModule, ModuleName};
 pub use cache::{resolve_lora, LoraCache, LORA_CACHE_CAPACITY};
 pub use merge::{check_compatible, patch};
-pub use request::{parse_loras, MAX_LORAS};
+
+use tessera_api::quoted;
 
 use crate::error::Error;
-
-/// How much of an id an error message quotes: ids come from requests, and an error should
-/// neither echo megabytes back nor carry control characters into logs.
-const MAX_QUOTED_ID: usize = 200;
-
-/// `id` as an error message may quote it: control characters escaped, cut short when long.
-fn quoted(id: &str) -> String {
-    let escaped: String = id.escape_debug().collect();
-    match escaped.char_indices().nth(MAX_QUOTED_ID) {
-        Some((cut, _)) => format!("{}...", &escaped[..cut]),
-        None => escaped,
-    }
-}
 
 /// ai-runner's answer when a LoRA does not exist.
 fn not_found(id: &str) -> Error {

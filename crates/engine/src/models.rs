@@ -161,7 +161,7 @@ mod tests {
     fn a_repo_missing_a_component_names_the_repo_and_the_component() {
         let cache = tempfile::tempdir().unwrap();
         let repo = tempfile::tempdir().unwrap();
-        let src = crate::testing::fixtures_dir().join("diffusers-parity/models/tiny-sdxl");
+        let src = tessera_testkit::fixtures_dir().join("diffusers-parity/models/tiny-sdxl");
         for entry in std::fs::read_dir(&src).unwrap() {
             let entry = entry.unwrap();
             if entry.file_name() != "text_encoder_2" {

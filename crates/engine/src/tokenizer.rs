@@ -835,7 +835,7 @@ fn read_optional_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{fixtures_dir, parity_case_names};
+    use tessera_testkit::{fixtures_dir, parity_case_names};
 
     /// tests/fixtures/tokenizer/expected.json, written by generate.py with transformers.
     #[derive(Deserialize)]

@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 use tessera_engine::noise::TorchCpuNoise;
 use tessera_engine::pipelines::{self, EditParams, Overrides};
-use tessera_engine::testing::{fixtures_dir, max_abs_diff};
+use tessera_testkit::{fixtures_dir, max_abs_diff};
 
 /// The bar: two 8-bit levels.
 const TOLERANCE: f32 = 2.0 / 255.0;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use tessera_engine::hub::{link_as_hub_cache, ModelStore};
 use tessera_engine::lora::{patch, resolve_lora, LoraAdapter, LoraCache, LORA_CACHE_CAPACITY};
-use tessera_engine::testing::{fixtures_dir, max_abs_diff};
 use tessera_engine::weights::{load_component, TensorMap};
 use tessera_engine::Error;
+use tessera_testkit::{fixtures_dir, max_abs_diff};
 
 fn fixture_lora() -> PathBuf {
     fixtures_dir().join("diffusers-parity/loras/tiny-pix2pix-lora.safetensors")

@@ -14,7 +14,7 @@ use tessera_engine::lora::LoraAdapter;
 use tessera_engine::noise::{NoiseSource, ReplayNoise, TorchCpuNoise};
 use tessera_engine::pipelines::{self, EditParams};
 use tessera_engine::safety::{SharedSafetyChecker, DEFAULT_MODEL_ID};
-use tessera_engine::testing::{fixtures_dir, max_abs_diff};
+use tessera_testkit::{fixtures_dir, max_abs_diff};
 
 const TOLERANCE: f32 = 1e-3;
 

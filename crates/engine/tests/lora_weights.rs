@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use tessera_engine::lora::{check_compatible, patch, LoraAdapter};
-use tessera_engine::testing::{fixtures_dir, max_abs_diff};
 use tessera_engine::weights::{load_component, TensorMap};
+use tessera_testkit::{fixtures_dir, max_abs_diff};
 
 /// f32 merges agree with torch's to rounding.
 const TOLERANCE: f32 = 1e-6;

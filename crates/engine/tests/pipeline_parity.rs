@@ -4,7 +4,7 @@
 //! weights file and a scheduler option replacing the folder's.
 
 use std::path::Path;
-use tessera_engine::testing::{fixtures_dir, max_abs_diff};
+use tessera_testkit::{fixtures_dir, max_abs_diff};
 
 use candle_core::{DType, Device};
 use serde_json::Value;

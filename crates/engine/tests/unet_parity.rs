@@ -3,7 +3,7 @@
 //! linear projections, several transformer layers, odd latent sizes.
 
 use std::path::PathBuf;
-use tessera_engine::testing::{fixtures_dir, max_abs_diff};
+use tessera_testkit::{fixtures_dir, max_abs_diff};
 
 use candle_core::{DType, Device};
 use tessera_engine::unet::{AddedConditioning, UNet2DConditionModel};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use crate::api::{GPUComputeInfo, GPUUtilizationInfo};
+use tessera_api::wire::{GPUComputeInfo, GPUUtilizationInfo};
 
 /// One GPU as `nvidia-smi` describes it.
 #[derive(Debug, Clone, PartialEq)]

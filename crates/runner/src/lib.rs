@@ -13,38 +13,23 @@
 //! NSFW safety checker); the worker depends only on the [`Model`] trait, which tests
 //! implement with fakes.
 
-mod api;
-pub mod auth;
 mod config;
 mod decode;
-mod error;
-mod form;
+mod engine_error;
 mod hardware;
 mod metrics;
 mod model;
 mod routes;
-pub mod shutdown;
 mod state;
 mod worker;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-pub use api::{ApiDoc, Health, Media};
-pub use config::{Limits, RunnerConfig, DEFAULT_MODEL_ID, DEFAULT_PORT, PIPELINE};
+pub use config::RunnerConfig;
 pub use model::{Generated, ImageRequest, Model};
-pub use routes::router;
+pub use routes::{router, ApiDoc};
 pub use state::Runner;
-
-/// Listens on `config`'s address, loads its model in the background, and serves until
-/// Ctrl-C or SIGTERM. A busy port or a bad device fails at once.
-pub async fn serve(config: RunnerConfig) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((config.host.as_str(), config.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-    let runner = Runner::start(&config)?;
-    serve_on(listener, runner).await
-}
 
 /// Serves `runner` on a listener bound by the caller (tests bind port 0), until Ctrl-C or
 /// SIGTERM; requests in flight are finished first.
@@ -55,7 +40,7 @@ pub async fn serve_on(listener: TcpListener, runner: Runner) -> anyhow::Result<(
         "runner listening"
     );
     axum::serve(listener, router(runner))
-        .with_graceful_shutdown(shutdown::signal())
+        .with_graceful_shutdown(tessera_api::shutdown::signal())
         .await
         .context("the HTTP server failed")
 }

@@ -2,6 +2,7 @@
 //! A trait of the runner's own, so that the queue, cancellation and error paths can be
 //! tested with fake models (slow, failing, panicking) as well as with the engine.
 
+use tessera_api::CheckedRequest;
 use tessera_engine::editor::{EditRequest, Editor};
 use tessera_engine::image_io::RgbImage;
 use tessera_engine::pipelines::EditParams;
@@ -15,6 +16,30 @@ pub struct ImageRequest {
     /// The generator seed of this image (`seed + i` for the request's image `i`).
     pub seed: u64,
     pub safety_check: bool,
+}
+
+impl ImageRequest {
+    /// One request per output image of a checked request, image `i` with seed `seed + i`.
+    pub fn each_image(request: &CheckedRequest) -> Vec<Self> {
+        let params = EditParams {
+            prompt: request.prompt.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            num_inference_steps: request.num_inference_steps as usize,
+            guidance_scale: request.guidance_scale,
+            image_guidance_scale: request.image_guidance_scale,
+            strength: request.strength,
+        };
+        request
+            .seeds
+            .iter()
+            .map(|&seed| Self {
+                params: params.clone(),
+                loras: request.loras.clone(),
+                seed,
+                safety_check: request.safety_check,
+            })
+            .collect()
+    }
 }
 
 /// One generated image and whether the safety checker flagged it.

@@ -2,39 +2,43 @@
 //! `POST /image-to-image` (behind a bearer check), `GET /health`, `/hardware/info`,
 //! `/hardware/stats`, `/version`, and this runner's `/metrics` and `/openapi.json`.
 
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
-use axum::http::{header, StatusCode};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
+use tessera_api::auth::bearer_accepted;
+use tessera_api::wire::{
+    BearerScheme, HTTPError, HTTPValidationError, HardwareInformation, HardwareStats, HealthCheck,
+    ImageResponse, ValidationError, Version,
+};
+use tessera_api::{ApiError, Form, ImageToImage};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
-use crate::api::{
-    ApiDoc, Body_genImageToImage, HTTPError, HTTPValidationError, HardwareInformation,
-    HardwareStats, HealthCheck, ImageResponse, Version,
-};
-use crate::auth::bearer_accepted;
 use crate::decode::decode_upload;
-use crate::error::ApiError;
-use crate::form::ImageToImageForm;
 use crate::hardware;
+use crate::model::ImageRequest;
 use crate::state::Runner;
 use crate::worker::Job;
 
-/// Room in a request body for the form's text fields around the image (prompts of 10 000
-/// characters are 40 KB of UTF-8 at most).
-const FORM_OVERHEAD_BYTES: usize = 1024 * 1024;
+/// The OpenAPI document of these routes, from the wire types of `tessera_api`.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tessera runner", description = "An application to run AI pipelines"),
+    paths(image_to_image, health, hardware_info, hardware_stats, version),
+    components(schemas(ImageToImage, HTTPValidationError, ValidationError)),
+    modifiers(&BearerScheme)
+)]
+pub struct ApiDoc;
 
 /// The runner's HTTP API over `runner`'s model.
 pub fn router(runner: Runner) -> Router {
-    let body_limit = runner
-        .limits()
-        .max_upload_bytes
-        .saturating_add(FORM_OVERHEAD_BYTES);
+    let body_limit = runner.limits().max_body_bytes();
     let inference = Router::new()
         .route("/image-to-image", post(image_to_image))
         .route("/image-to-image/", post(image_to_image))
@@ -185,7 +189,7 @@ async fn require_bearer(State(runner): State<Runner>, req: Request, next: Next) 
     tag = "generate",
     summary = "Image To Image",
     description = "Apply image transformations to a provided image.",
-    request_body(content = Body_genImageToImage, content_type = "multipart/form-data"),
+    request_body(content = ImageToImage, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Successful Response", body = ImageResponse),
         (status = 400, description = "Bad Request", body = HTTPError),
@@ -197,19 +201,15 @@ async fn require_bearer(State(runner): State<Runner>, req: Request, next: Next) 
 )]
 pub(crate) async fn image_to_image(
     State(runner): State<Runner>,
-    multipart: Result<Multipart, MultipartRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImageResponse>, ApiError> {
-    let multipart = multipart.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
-    let form = ImageToImageForm::read(multipart)
-        .await?
-        .check(runner.model_id(), runner.limits())?;
-    let image = decode(form.image, runner.limits().max_image_side).await?;
-    let images = runner
-        .run(Job {
-            image,
-            images: form.images,
-        })
-        .await?;
+    let body = body.map_err(|r| ApiError::body_rejected(r, "runner"))?;
+    let form = Form::read(&headers, body).await?;
+    let request = ImageToImage::from_form(&form)?.check(runner.model_id(), runner.limits())?;
+    let images = ImageRequest::each_image(&request);
+    let image = decode(request.image, runner.limits().max_image_side).await?;
+    let images = runner.run(Job { image, images }).await?;
     Ok(Json(ImageResponse { images }))
 }
 

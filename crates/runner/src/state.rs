@@ -10,9 +10,10 @@ use tessera_engine::editor::{Editor, EditorConfig};
 use tessera_engine::hub::ModelStore;
 use tessera_engine::safety::SharedSafetyChecker;
 
-use crate::api::Health;
-use crate::config::{Limits, RunnerConfig, PIPELINE};
-use crate::error::ApiError;
+use tessera_api::wire::Health;
+use tessera_api::{defaults, ApiError, Limits};
+
+use crate::config::RunnerConfig;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::worker::{self, Job, Queue, Reply};
@@ -100,7 +101,7 @@ impl Runner {
     }
 
     pub fn pipeline(&self) -> &'static str {
-        PIPELINE
+        defaults::PIPELINE
     }
 
     pub fn version(&self) -> &str {

@@ -11,8 +11,10 @@ use base64::Engine as _;
 use tessera_engine::image_io::{self, RgbImage};
 use tokio::sync::oneshot;
 
-use crate::api::Media;
-use crate::error::ApiError;
+use tessera_api::wire::Media;
+use tessera_api::ApiError;
+
+use crate::engine_error::engine_error;
 use crate::model::{ImageRequest, Model};
 use crate::state::Shared;
 
@@ -159,7 +161,7 @@ fn run_job<M: Model>(model: &mut M, job: &Job, keep_going: &dyn Fn() -> bool) ->
         }
         let out = model
             .generate(&job.image, request, keep_going)
-            .map_err(ApiError::from_engine)?;
+            .map_err(engine_error)?;
         let png = image_io::encode_png(&out.image).map_err(|e| {
             tracing::error!(error = %e, "cannot encode the model's output as PNG");
             ApiError::pipeline()

@@ -9,11 +9,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
 
+use tessera_api::Limits;
 use tessera_engine::editor::{EditRequest, EditedImage, Editor, EditorConfig};
 use tessera_engine::hub::ModelStore;
 use tessera_engine::pipelines::EditParams;
 use tessera_engine::safety::SharedSafetyChecker;
-use tessera_runner::{Limits, Runner, RunnerConfig};
+use tessera_runner::{Runner, RunnerConfig};
 
 fn safety_checker_folder() -> String {
     fixtures()

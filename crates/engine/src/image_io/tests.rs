@@ -1,9 +1,9 @@
 //! Checks against Pillow and diffusers: the reference data is written by
 //! tests/fixtures/image_io/make_fixtures.py, and the pipeline fixtures' final images.
 
-use crate::testing::fixtures_dir;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use tessera_testkit::fixtures_dir;
 
 use candle_core::{DType, Device, Tensor};
 

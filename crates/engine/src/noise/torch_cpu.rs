@@ -88,7 +88,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::testing::{fixtures_dir, parity_case_names};
+    use tessera_testkit::{fixtures_dir, parity_case_names};
 
     fn load(path: &Path) -> BTreeMap<String, Tensor> {
         candle_core::safetensors::load(path, &Device::Cpu)

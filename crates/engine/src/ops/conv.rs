@@ -235,7 +235,7 @@ impl candle_core::Module for Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::max_abs_diff;
+    use tessera_testkit::max_abs_diff;
 
     fn random(shape: &[usize], dtype: DType) -> Tensor {
         Tensor::randn(0f32, 1f32, shape, &Device::Cpu)

@@ -167,7 +167,7 @@ pub fn from_tokens(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::max_abs_diff;
+    use tessera_testkit::max_abs_diff;
 
     /// The fused CPU kernels against the generic candle path (run in f64 as the reference).
     #[test]

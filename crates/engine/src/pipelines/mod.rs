@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use tessera_api::defaults;
 
 use crate::error::{read_json, Error, Result};
 use crate::image_io::RgbImage;
@@ -38,10 +39,10 @@ impl Default for EditParams {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
-            num_inference_steps: 100,
-            guidance_scale: 7.5,
-            image_guidance_scale: 1.5,
-            strength: 0.8,
+            num_inference_steps: defaults::NUM_INFERENCE_STEPS as usize,
+            guidance_scale: defaults::GUIDANCE_SCALE,
+            image_guidance_scale: defaults::IMAGE_GUIDANCE_SCALE,
+            strength: defaults::STRENGTH,
         }
     }
 }

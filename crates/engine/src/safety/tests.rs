@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::preprocess::ImageProcessor;
 use super::*;
 use crate::image_io;
-use crate::testing::{fixtures_dir, max_abs_diff};
+use tessera_testkit::{fixtures_dir, max_abs_diff};
 
 fn parity() -> PathBuf {
     fixtures_dir().join("diffusers-parity")

@@ -2,9 +2,9 @@
 //! and tests/fixtures/vae, see make_vae_fixtures.py there), and the errors a broken model
 //! folder must produce.
 
-use crate::testing::{fixtures_dir, max_abs_diff, parity_case_names};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tessera_testkit::{fixtures_dir, max_abs_diff, parity_case_names};
 
 use candle_core::{DType, Device, Tensor};
 

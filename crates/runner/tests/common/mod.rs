@@ -1,11 +1,9 @@
 //! What the HTTP tests share: servers on loopback ports, multipart requests, fake models.
 
-#![allow(dead_code)] // Each test file uses its own part of this module.
+#![allow(dead_code, unused_imports)] // Each test file uses its own part of this module.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use reqwest::header::HeaderMap;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -14,19 +12,17 @@ use tessera_engine::image_io::RgbImage;
 use tessera_runner::{serve_on, Generated, ImageRequest, Model, Runner, RunnerConfig};
 use tokio::net::TcpListener;
 
-pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+pub use tessera_testkit::{decode_data_url, fixtures_dir as fixtures, msg};
 
 pub fn model_folder() -> String {
-    fixtures()
-        .join("diffusers-parity/models/tiny-instruct-pix2pix")
+    tessera_testkit::parity_dir()
+        .join("models/tiny-instruct-pix2pix")
         .to_string_lossy()
         .into_owned()
 }
 
 pub fn input_png() -> Vec<u8> {
-    std::fs::read(fixtures().join("diffusers-parity/inputs/square.png")).unwrap()
+    std::fs::read(tessera_testkit::parity_dir().join("inputs/square.png")).unwrap()
 }
 
 pub fn config(model_id: &str, auth_token: Option<&str>) -> RunnerConfig {
@@ -141,24 +137,6 @@ pub async fn post(base: &str, path: &str, form: Form, token: Option<&str>) -> An
         headers,
         body,
     }
-}
-
-pub fn msg(body: &Value) -> &str {
-    body["detail"]["msg"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no detail.msg in {body}"))
-}
-
-pub fn decode_data_url(url: &str) -> image::RgbImage {
-    let b64 = url
-        .strip_prefix("data:image/png;base64,")
-        .unwrap_or_else(|| panic!("not a PNG data URL: {}", &url[..url.len().min(40)]));
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    image::load_from_memory_with_format(&png, image::ImageFormat::Png)
-        .unwrap()
-        .to_rgb8()
 }
 
 /// A model made of a closure, to test the runner without diffusion.

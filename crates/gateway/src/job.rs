@@ -1,0 +1,371 @@
+//! One gateway job, from the client's form to stored results and a ledger row.
+
+use std::io::Cursor;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use bytes::Bytes;
+use tessera_api::wire::{ImageResponse, Media};
+use tessera_api::{defaults, ApiError, Form};
+
+use crate::ledger::{status, JobRecord};
+use crate::select::{rank, Candidate};
+use crate::Gateway;
+
+/// What the gateway needs to know about a job before sending it: the form as it goes on,
+/// and what pricing and routing read of it.
+struct Routed {
+    form: Form,
+    model_id: String,
+    /// width × height × images of the input.
+    pixels: u64,
+    steps: u64,
+}
+
+/// How one orchestrator answered.
+enum Attempt {
+    /// Results, decoded: PNG bytes with their seed and NSFW flag.
+    Done(Vec<(Bytes, u64, bool)>),
+    /// The request itself is bad (400, 413, 422): the client gets the runner's answer,
+    /// since any other orchestrator would say the same.
+    Refused(Response, String),
+    /// This orchestrator could not do it; another may.
+    Failed(String),
+}
+
+/// Runs the job and records it, whatever happens. The request id is in `X-Request-Id`,
+/// for `GET /jobs/<id>`.
+pub(super) async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut record = JobRecord {
+        request_id: request_id.clone(),
+        created_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        model_id: String::new(),
+        orchestrator: None,
+        input_pixels: 0,
+        outputs: 0,
+        price_per_pixel: None,
+        currency: None,
+        fee: None,
+        latency_ms: 0,
+        attempts: 0,
+        status: status::FAILED.into(),
+        error: None,
+    };
+    let mut response = match run(gateway, &mut record, headers, body).await {
+        Ok(images) => {
+            record.status = status::OK.into();
+            Json(images).into_response()
+        }
+        Err((status, response)) => {
+            record.status = status.into();
+            response
+        }
+    };
+    record.latency_ms = started.elapsed().as_millis() as u64;
+    let ledger = gateway.inner.ledger.clone();
+    let written = tokio::task::spawn_blocking(move || ledger.record(&record)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "cannot write the ledger"),
+        Err(e) => tracing::error!(error = %e, "cannot write the ledger"),
+    }
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+type Failure = (&'static str, Response);
+
+fn rejected(record: &mut JobRecord, e: ApiError) -> Failure {
+    record.error = Some(e.message());
+    let kind = if e.status().is_client_error() {
+        status::REJECTED
+    } else {
+        status::FAILED
+    };
+    (kind, e.into_response())
+}
+
+async fn run(
+    gateway: &Gateway,
+    record: &mut JobRecord,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<ImageResponse, Failure> {
+    let form = Form::read(headers, body)
+        .await
+        .map_err(|e| rejected(record, e))?;
+    let config = &gateway.inner.config;
+    let job = inspect(form, &config.default_model, config.limits.max_image_side)
+        .map_err(|e| rejected(record, e))?;
+    record.model_id = job.model_id.clone();
+    record.input_pixels = job.pixels;
+    let candidates = choose(gateway, &job.model_id).map_err(|e| rejected(record, e))?;
+    let (candidate, results, secs) = dispatch(gateway, record, &job, candidates).await?;
+    let fee = candidate.offer.price.fee(job.pixels);
+    record.price_per_pixel = Some(candidate.offer.price.price_per_pixel);
+    record.currency = Some(candidate.offer.price.currency.to_string());
+    record.fee = Some(fee);
+    gateway.inner.registry.record_latency(
+        &candidate.url,
+        &job.model_id,
+        secs / (job.pixels.max(1) * job.steps) as f64,
+    );
+    let images = store(gateway, &record.request_id, results)
+        .await
+        .map_err(|e| rejected(record, e))?;
+    record.outputs = images.images.len() as u32;
+    Ok(images)
+}
+
+/// Reads what pricing and routing need: the model (the default when empty), the input
+/// image's size from its header (no pixel is decoded here), the image count and steps.
+fn inspect(mut form: Form, default_model: &str, max_side: u32) -> Result<Routed, ApiError> {
+    let model_id = match form.text("model_id")?.map(str::trim) {
+        None | Some("") => default_model.to_owned(),
+        Some(m) => m.to_owned(),
+    };
+    form.set_text("model_id", &model_id);
+    let image = form.get("image").ok_or(ApiError::missing("image"))?;
+    let (width, height) = image_size(&image.data, max_side)?;
+    let images = form.int("num_images_per_prompt", 1)?;
+    if images < 1 {
+        return Err(ApiError::bad_request(format!(
+            "num_images_per_prompt must be at least 1, not {images}"
+        )));
+    }
+    let steps = form
+        .int("num_inference_steps", defaults::NUM_INFERENCE_STEPS.into())?
+        .max(1) as u64;
+    // Both sides are at most `max_side` (a u32) and the count is capped, so this cannot
+    // overflow; an absurd count is the runner's to refuse with its own limits.
+    let pixels = u64::from(width) * u64::from(height) * (images.min(1 << 20) as u64);
+    Ok(Routed {
+        form,
+        model_id,
+        pixels,
+        steps,
+    })
+}
+
+/// The input image's width and height, from its header.
+fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
+    let not_an_image = |e: &dyn std::fmt::Display| {
+        ApiError::bad_request(format!(
+            "image: not a readable image (PNG, JPEG, WebP, GIF, BMP or TIFF): {e}"
+        ))
+    };
+    let (width, height) = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| not_an_image(&e))?
+        .into_dimensions()
+        .map_err(|e| not_an_image(&e))?;
+    if width == 0 || height == 0 || width > max_side || height > max_side {
+        return Err(ApiError::bad_request(format!(
+            "image: {width}x{height} is not accepted; each side must be 1 to {max_side}"
+        )));
+    }
+    Ok((width, height))
+}
+
+/// The orchestrators to try, best first; 503 naming the reason when there are none.
+fn choose(gateway: &Gateway, model_id: &str) -> Result<Vec<Candidate>, ApiError> {
+    let registry = &gateway.inner.registry;
+    if !registry.offered(model_id) {
+        return Err(ApiError::unavailable(format!(
+            "no orchestrator offers model '{model_id}'"
+        )));
+    }
+    let max = gateway.max_price(model_id);
+    let ranked = rank(registry.candidates(model_id), max);
+    if ranked.is_empty() {
+        let max = max.map_or(String::new(), |m| {
+            format!(" ({} {} per pixel)", m.price_per_pixel, m.currency)
+        });
+        return Err(ApiError::unavailable(format!(
+            "no orchestrator offers model '{model_id}' within the maximum price{max}"
+        )));
+    }
+    Ok(ranked)
+}
+
+/// Tries the candidates in order, within the attempt and time limits, until one does the
+/// job. Returns the one that did, its results, and how long it took.
+async fn dispatch(
+    gateway: &Gateway,
+    record: &mut JobRecord,
+    job: &Routed,
+    candidates: Vec<Candidate>,
+) -> Result<(Candidate, Vec<(Bytes, u64, bool)>, f64), Failure> {
+    let config = &gateway.inner.config;
+    let deadline = Instant::now() + Duration::from_secs_f64(config.total_timeout_secs);
+    let per_attempt = Duration::from_secs_f64(config.attempt_timeout_secs);
+    let mut errors = Vec::new();
+    for candidate in candidates.into_iter().take(config.max_attempts as usize) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            errors.push("out of time".to_owned());
+            break;
+        }
+        record.attempts += 1;
+        record.orchestrator = Some(candidate.url.clone());
+        let started = Instant::now();
+        match attempt(gateway, &candidate.url, job, per_attempt.min(left)).await {
+            Attempt::Done(results) => {
+                return Ok((candidate, results, started.elapsed().as_secs_f64()));
+            }
+            Attempt::Refused(response, why) => {
+                record.error = Some(why);
+                return Err((status::REJECTED, response));
+            }
+            Attempt::Failed(why) => {
+                tracing::warn!(orchestrator = %candidate.url, error = %why, "job failed; trying the next orchestrator");
+                errors.push(format!("{}: {why}", candidate.url));
+            }
+        }
+    }
+    let e = ApiError::unavailable(format!(
+        "no orchestrator could do the job: {}",
+        errors.join("; ")
+    ));
+    record.error = Some(e.message());
+    Err((status::FAILED, e.into_response()))
+}
+
+/// Sends the job to one orchestrator and sorts its answer.
+async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) -> Attempt {
+    let mut request = gateway
+        .inner
+        .client
+        .post(format!("{url}/image-to-image"))
+        .timeout(timeout)
+        .multipart(to_reqwest(&job.form));
+    if let Some(secret) = gateway.inner.config.orchestrator_secret.as_deref() {
+        request = request.bearer_auth(secret);
+    }
+    let answer = match request.send().await {
+        Ok(a) => a,
+        Err(e) if e.is_timeout() => return Attempt::Failed(format!("no answer in {timeout:?}")),
+        Err(e) => return Attempt::Failed(format!("{e}")),
+    };
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match answer.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Attempt::Failed(format!("reading the answer: {e}")),
+    };
+    if status.is_success() {
+        return match decode_results(&body) {
+            Ok(results) => Attempt::Done(results),
+            Err(why) => Attempt::Failed(format!("unusable results: {why}")),
+        };
+    }
+    let msg = detail_msg(&body).unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
+    ) {
+        let mut response = (status, body).into_response();
+        if let Some(ct) = content_type {
+            response.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Attempt::Refused(response, msg);
+    }
+    Attempt::Failed(format!("{status}: {msg}"))
+}
+
+/// `detail.msg` of an error body in the runner's shape.
+fn detail_msg(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["detail"]["msg"].as_str().map(str::to_owned)
+}
+
+/// The PNGs of a runner's answer, out of their data URLs.
+fn decode_results(body: &[u8]) -> Result<Vec<(Bytes, u64, bool)>, String> {
+    let images: ImageResponse =
+        serde_json::from_slice(body).map_err(|e| format!("not a runner answer: {e}"))?;
+    if images.images.is_empty() {
+        return Err("no images".into());
+    }
+    images
+        .images
+        .into_iter()
+        .map(|m| {
+            let b64 = m
+                .url
+                .strip_prefix("data:image/png;base64,")
+                .ok_or("an image is not a PNG data URL")?;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("bad base64 in an image: {e}"))?;
+            Ok((Bytes::from(png), m.seed, m.nsfw))
+        })
+        .collect()
+}
+
+/// Stores each image under its own name and answers with their URLs.
+async fn store(
+    gateway: &Gateway,
+    request_id: &str,
+    results: Vec<(Bytes, u64, bool)>,
+) -> Result<ImageResponse, ApiError> {
+    let base = gateway
+        .inner
+        .config
+        .public_base_url
+        .as_deref()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let mut images = Vec::with_capacity(results.len());
+    for (i, (png, seed, nsfw)) in results.into_iter().enumerate() {
+        let name = i.to_string();
+        gateway
+            .inner
+            .store
+            .put(request_id, &name, png)
+            .await
+            .map_err(|e| ApiError::internal("cannot store the results", format!("{e:#}")))?;
+        images.push(Media {
+            url: format!("{base}/stream/{request_id}/{name}.png"),
+            seed,
+            nsfw,
+        });
+    }
+    Ok(ImageResponse { images })
+}
+
+/// The form for reqwest, to send on. Built anew for each try: reqwest consumes it.
+fn to_reqwest(form: &Form) -> reqwest::multipart::Form {
+    form.parts
+        .iter()
+        .fold(reqwest::multipart::Form::new(), |out, p| {
+            let whole = || reqwest::multipart::Part::stream(reqwest::Body::from(p.data.clone()));
+            // A type reqwest cannot parse is dropped; the runner sniffs the image anyway.
+            let mut part = match &p.content_type {
+                Some(ct) => whole().mime_str(ct).unwrap_or_else(|_| whole()),
+                None => whole(),
+            };
+            if let Some(f) = &p.file_name {
+                part = part.file_name(f.clone());
+            }
+            out.part(p.name.clone(), part)
+        })
+}
+
+/// Request ids are the gateway's own: 32 lowercase hex digits.
+pub(super) fn valid_request_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Image names are their index in the answer.
+pub(super) fn valid_image_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 4 && name.bytes().all(|b| b.is_ascii_digit())
+}

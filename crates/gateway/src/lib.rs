@@ -1,0 +1,226 @@
+//! `tessera-gateway`: the public `POST /image-to-image`. It prices each job by its input
+//! pixels, sends it to the best orchestrator within the maximum price (retrying others on
+//! failure), stores the results ([`storage`]) and serves them at
+//! `/stream/<request-id>/<name>.png`, and records every job in the ledger ([`ledger`],
+//! `GET /jobs/<request-id>`). It speaks the runner's form and answers (`tessera_api`), so
+//! clients of ai-runner work against it; it runs no model and links no engine.
+
+mod config;
+mod job;
+pub mod ledger;
+mod registry;
+pub mod select;
+pub mod storage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use tessera_api::auth::bearer_accepted;
+use tessera_api::price::PixelPrice;
+use tessera_api::ApiError;
+
+use crate::storage::ResultStore;
+pub use config::{GatewayConfig, DEFAULT_PORT};
+pub use ledger::{JobRecord, Ledger, OrchestratorTotals};
+use registry::Registry;
+pub use storage::StorageConfig;
+
+/// How often stored results past their retention are swept away.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// A handle on the gateway; cheap to clone, one per request.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    max_prices: HashMap<String, PixelPrice>,
+    registry: Registry,
+    store: ResultStore,
+    ledger: Ledger,
+    client: reqwest::Client,
+}
+
+impl Gateway {
+    /// Opens the result store and the ledger, asks the orchestrators for their capabilities
+    /// once, and keeps refreshing them (and sweeping old results) in the background.
+    pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
+        config.check()?;
+        let store = ResultStore::open(
+            &config.storage,
+            Duration::from_secs_f64(config.retention_hours * 3600.0),
+        )?;
+        let ledger = Ledger::open(&config.ledger)?;
+        let gateway = Self {
+            inner: Arc::new(Inner {
+                max_prices: config.max_prices()?,
+                registry: Registry::new(&config.orchestrators),
+                client: reqwest::Client::builder()
+                    .build()
+                    .context("building the HTTP client")?,
+                store,
+                ledger,
+                config,
+            }),
+        };
+        gateway.refresh().await;
+        gateway.spawn_background();
+        Ok(gateway)
+    }
+
+    /// Asks every orchestrator for its capabilities now.
+    pub async fn refresh(&self) {
+        self.inner.registry.refresh(&self.inner.client).await;
+    }
+
+    /// The refresh and sweep loops. They hold only a weak handle, so they end with the
+    /// gateway.
+    fn spawn_background(&self) {
+        let every = Duration::from_secs_f64(self.inner.config.refresh_secs);
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                inner.registry.refresh(&inner.client).await;
+            }
+        });
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                match inner.store.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "swept results past their retention"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot sweep results"),
+                }
+            }
+        });
+    }
+
+    /// The maximum price per pixel for `model_id`, if any applies.
+    fn max_price(&self, model_id: &str) -> Option<&PixelPrice> {
+        let prices = &self.inner.max_prices;
+        prices.get(model_id).or_else(|| prices.get("default"))
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let keys = &self.inner.config.api_keys;
+        keys.is_empty() || bearer_accepted(headers, keys)
+    }
+}
+
+/// The gateway's HTTP API.
+pub fn router(gateway: Gateway) -> Router {
+    let body_limit = gateway.inner.config.limits.max_body_bytes();
+    Router::new()
+        .route("/image-to-image", post(image_to_image))
+        .route("/image-to-image/", post(image_to_image))
+        .route("/stream/{request_id}/{file}", get(stream))
+        .route("/jobs/{request_id}", get(job_record))
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(gateway)
+}
+
+/// Serves `gateway` on a listener bound by the caller until Ctrl-C or SIGTERM.
+pub async fn serve_on(listener: TcpListener, gateway: Gateway) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(tessera_api::shutdown::signal())
+        .await
+        .context("the gateway's HTTP server failed")
+}
+
+async fn image_to_image(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !gateway.authorized(&headers) {
+        return ApiError::Unauthorized.into_response();
+    }
+    match body {
+        Ok(body) => job::handle(&gateway, &headers, body).await,
+        Err(r) => ApiError::body_rejected(r, "gateway").into_response(),
+    }
+}
+
+/// A stored result. Names are checked before the store is asked, so that no path can
+/// reach outside the results.
+async fn stream(
+    State(gateway): State<Gateway>,
+    Path((request_id, file)): Path<(String, String)>,
+) -> Response {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such result").into_response();
+    let Some(name) = file.strip_suffix(".png") else {
+        return not_found();
+    };
+    if !job::valid_request_id(&request_id) || !job::valid_image_name(name) {
+        return not_found();
+    }
+    match gateway.inner.store.get(&request_id, name).await {
+        Ok(Some(png)) => {
+            let max_age = gateway.inner.store.retention().as_secs();
+            let cache = format!("public, max-age={max_age}, immutable");
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+                    (
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_str(&cache)
+                            .unwrap_or(HeaderValue::from_static("no-cache")),
+                    ),
+                ],
+                png,
+            )
+                .into_response()
+        }
+        Ok(None) => not_found(),
+        Err(e) => {
+            ApiError::internal("cannot read the stored result", format!("{e:#}")).into_response()
+        }
+    }
+}
+
+async fn job_record(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(request_id): Path<String>,
+) -> Response {
+    if !gateway.authorized(&headers) {
+        return ApiError::Unauthorized.into_response();
+    }
+    let ledger = gateway.inner.ledger.clone();
+    let found = tokio::task::spawn_blocking(move || ledger.get(&request_id)).await;
+    match found {
+        Ok(Ok(Some(job))) => Json(job).into_response(),
+        Ok(Ok(None)) => ApiError::new(StatusCode::NOT_FOUND, "no such job").into_response(),
+        Ok(Err(e)) => {
+            ApiError::internal("cannot read the ledger", format!("{e:#}")).into_response()
+        }
+        Err(e) => ApiError::internal("cannot read the ledger", e).into_response(),
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "OK"}))
+}
