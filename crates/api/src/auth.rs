@@ -1,5 +1,6 @@
-//! Bearer tokens: the runner's `AUTH_TOKEN`, the gateway's client API keys and the secret
-//! gateways share with orchestrators.
+//! Secrets on requests: the runner's `AUTH_TOKEN` and the gateway's client API keys as
+//! bearer tokens, and the Live Runner secrets, which go-livepeer sends as the whole
+//! `Authorization` value.
 
 use axum::http::{header, HeaderMap};
 use subtle::{Choice, ConstantTimeEq};
@@ -23,6 +24,11 @@ pub fn bearer_accepted<K: AsRef<[u8]>>(headers: &HeaderMap, accepted: &[K]) -> b
             found | token.as_bytes().ct_eq(key.as_ref())
         })
         .into()
+}
+
+/// Whether `given` is `expected`, compared in constant time (go-livepeer's `hmac.Equal`).
+pub fn secret_matches(given: &str, expected: &str) -> bool {
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What a model id means: which folder (and files) to load, and the settings some models
-//! force on every request (DESIGN.md's dispatch table).
+//! force on every request (the model table in README.md).
 //!
 //! Most ids are a diffusers repository whose `model_index.json` picks the pipeline. Two
 //! families are special, as in ai-runner: the turbo models, distilled for one to four steps

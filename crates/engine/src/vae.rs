@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::error::{read_json, Error, Result};
 use crate::ops::{self, Conv2d, ConvGeometry, GroupNorm};
+use crate::unet::resnet::{ResnetBlock, ResnetSpec};
 use crate::weights::{load_component, var_builder};
 
 /// The encoder's stride-2 downsampling conv. It has no padding of its own: diffusers pads one
@@ -217,42 +218,18 @@ fn group_norm(vb: VarBuilder, groups: usize, channels: usize) -> Result<GroupNor
     Ok(GroupNorm::new(vb, groups, channels, NORM_EPS)?)
 }
 
-/// diffusers' `ResnetBlock2D` without time embedding: two norm-SiLU-conv stages plus a skip
-/// connection, through a 1x1 `conv_shortcut` when the channel count changes.
-#[derive(Debug)]
-struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
-}
-
-impl ResnetBlock {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<Self> {
-        let shortcut = match c_in != c_out {
-            true => Some(conv1x1(vb.pp("conv_shortcut"), c_in, c_out)?),
-            false => None,
-        };
-        Ok(Self {
-            norm1: group_norm(vb.pp("norm1"), groups, c_in)?,
-            conv1: conv3x3(vb.pp("conv1"), c_in, c_out)?,
-            norm2: group_norm(vb.pp("norm2"), groups, c_out)?,
-            conv2: conv3x3(vb.pp("conv2"), c_out, c_out)?,
-            shortcut,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
-        // Every VAE block uses output_scale_factor 1, so the sum is not rescaled.
-        let skip = match &self.shortcut {
-            Some(c) => c.forward(x)?,
-            None => x.clone(),
-        };
-        Ok((skip + h)?)
-    }
+/// diffusers' `ResnetBlock2D` as the VAE builds it: the UNet's block, without a time
+/// embedding (every VAE block has `output_scale_factor` 1 and the config's norm epsilon).
+fn resnet_block(vb: VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<ResnetBlock> {
+    let spec = ResnetSpec {
+        cin: c_in,
+        cout: c_out,
+        temb: None,
+        groups,
+        eps: NORM_EPS,
+        output_scale_factor: 1.0,
+    };
+    Ok(ResnetBlock::new(vb, &spec)?)
 }
 
 /// The mid block's single-head self-attention over all H*W positions (diffusers' `Attention`
@@ -318,18 +295,18 @@ impl MidBlock {
             false => None,
         };
         Ok(Self {
-            first: ResnetBlock::new(vb.pp("resnets.0"), channels, channels, groups)?,
+            first: resnet_block(vb.pp("resnets.0"), channels, channels, groups)?,
             attention,
-            second: ResnetBlock::new(vb.pp("resnets.1"), channels, channels, groups)?,
+            second: resnet_block(vb.pp("resnets.1"), channels, channels, groups)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.first.forward(x)?;
+        let mut h = self.first.forward(x, None)?;
         if let Some(attention) = &self.attention {
             h = attention.forward(&h)?;
         }
-        self.second.forward(&h)
+        Ok(self.second.forward(&h, None)?)
     }
 }
 
@@ -342,7 +319,7 @@ fn resnets(
 ) -> Result<Vec<ResnetBlock>> {
     let vb = vb.pp("resnets");
     (0..count)
-        .map(|i| ResnetBlock::new(vb.pp(i), if i == 0 { c_in } else { c_out }, c_out, groups))
+        .map(|i| resnet_block(vb.pp(i), if i == 0 { c_in } else { c_out }, c_out, groups))
         .collect()
 }
 
@@ -357,7 +334,7 @@ impl DownBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for r in &self.resnets {
-            h = r.forward(&h)?;
+            h = r.forward(&h, None)?;
         }
         match &self.downsample {
             Some(conv) => Ok(conv.forward(&h)?),
@@ -377,7 +354,7 @@ impl UpBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for r in &self.resnets {
-            h = r.forward(&h)?;
+            h = r.forward(&h, None)?;
         }
         match &self.upsample {
             Some(conv) => {

@@ -143,11 +143,7 @@ pub fn router(gateway: Gateway) -> Router {
 
 /// Serves `gateway` on a listener bound by the caller until Ctrl-C or SIGTERM.
 pub async fn serve_on(listener: TcpListener, gateway: Gateway) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, router(gateway))
-        .with_graceful_shutdown(tessera_api::shutdown::signal())
-        .await
-        .context("the gateway's HTTP server failed")
+    tessera_api::shutdown::serve(listener, router(gateway), "gateway").await
 }
 
 async fn image_to_image(

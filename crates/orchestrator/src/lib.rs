@@ -301,11 +301,7 @@ pub fn router(orchestrator: Orchestrator) -> Router {
 
 /// Serves `orchestrator` on a listener bound by the caller until Ctrl-C or SIGTERM.
 pub async fn serve_on(listener: TcpListener, orchestrator: Orchestrator) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
-    axum::serve(listener, router(orchestrator))
-        .with_graceful_shutdown(tessera_api::shutdown::signal())
-        .await
-        .context("the orchestrator's HTTP server failed")
+    tessera_api::shutdown::serve(listener, router(orchestrator), "orchestrator").await
 }
 
 async fn image_to_image(

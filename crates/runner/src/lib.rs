@@ -23,7 +23,6 @@ mod routes;
 mod state;
 mod worker;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub use config::RunnerConfig;
@@ -34,13 +33,6 @@ pub use state::Runner;
 /// Serves `runner` on a listener bound by the caller (tests bind port 0), until Ctrl-C or
 /// SIGTERM; requests in flight are finished first.
 pub async fn serve_on(listener: TcpListener, runner: Runner) -> anyhow::Result<()> {
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        model = runner.model_id(),
-        "runner listening"
-    );
-    axum::serve(listener, router(runner))
-        .with_graceful_shutdown(tessera_api::shutdown::signal())
-        .await
-        .context("the HTTP server failed")
+    tracing::info!(model = runner.model_id(), "runner serving");
+    tessera_api::shutdown::serve(listener, router(runner), "runner").await
 }

@@ -196,6 +196,10 @@ async fn require_bearer(State(runner): State<Runner>, req: Request, next: Next) 
         (status = 401, description = "Unauthorized", body = HTTPError),
         (status = 500, description = "Internal Server Error", body = HTTPError),
         (status = 422, description = "Validation Error", body = HTTPValidationError),
+        // Beyond ai-runner's document: what this runner's limits and queue answer.
+        (status = 413, description = "Payload Too Large", body = HTTPError),
+        (status = 415, description = "Unsupported Media Type", body = HTTPError),
+        (status = 503, description = "Service Unavailable", body = HTTPError),
     ),
     security(("HTTPBearer" = []))
 )]

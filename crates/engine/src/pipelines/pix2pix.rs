@@ -55,8 +55,9 @@ impl Pix2PixPipeline {
     }
 }
 
-/// The VAE runs in f32 unless the model runs in f32 anyway; instruct-pix2pix's VAE is the
-/// SD one, whose f16 decode is known to be fine, but f32 is the reference.
+/// The VAE runs in the model's precision: instruct-pix2pix's VAE is SD's, which decodes fine
+/// in f16 and asks for no upcast (diffusers runs it in the pipeline's dtype too). Any
+/// other precision runs it in f32, the reference.
 fn vae_dtype(dtype: DType) -> DType {
     match dtype {
         DType::F16 | DType::BF16 => dtype,
@@ -127,8 +128,11 @@ impl ImagePipeline for Pix2PixPipeline {
             } else {
                 latents.clone()
             };
-            let input = scheduler.scale_model_input(&input, i)?;
-            let input = Tensor::cat(&[&input, &image_latents.to_dtype(input.dtype())?], 1)?;
+            // Cast to the UNet's precision here, as img2img does: the scheduler works in f32.
+            let input = scheduler
+                .scale_model_input(&input, i)?
+                .to_dtype(unet.dtype())?;
+            let input = Tensor::cat(&[&input, &image_latents.to_dtype(unet.dtype())?], 1)?;
             let pred = unet
                 .forward(&input, t, &context, None)?
                 .to_dtype(DType::F32)?;

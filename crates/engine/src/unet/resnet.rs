@@ -1,4 +1,5 @@
-//! `ResnetBlock2D` and the 2x down/upsamplers of the UNet.
+//! `ResnetBlock2D` (the UNet's, and without a time embedding the VAE's) and the 2x
+//! down/upsamplers of the UNet.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};

@@ -41,10 +41,11 @@ pub async fn spawn(runner: Runner) -> String {
     base
 }
 
+/// `GET base+path`, which must answer 200, as JSON.
 pub async fn get_json(base: &str, path: &str) -> Value {
-    let res = reqwest::get(format!("{base}{path}")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK, "GET {path}");
-    res.json().await.unwrap()
+    let (status, body) = tessera_testkit::get_json(&format!("{base}{path}"), None).await;
+    assert_eq!(status, StatusCode::OK, "GET {path}");
+    body
 }
 
 pub async fn get_text(base: &str, path: &str) -> String {

@@ -4,7 +4,7 @@
 mod blocks;
 pub mod config;
 mod embeddings;
-mod resnet;
+pub(crate) mod resnet;
 mod transformer;
 
 use std::path::Path;
