@@ -618,6 +618,30 @@ fn a_missing_pipeline_is_downloaded_without_what_it_does_not_need() {
 }
 
 #[test]
+fn a_repository_with_only_bin_weights_downloads_the_bin() {
+    // CompVis/stable-diffusion-safety-checker's main branch: pytorch_model.bin only.
+    let files = BTreeMap::from([
+        ("README.md", "readme"),
+        ("config.json", r#"{"projection_dim": 768}"#),
+        ("preprocessor_config.json", r#"{"size": 224}"#),
+        ("pytorch_model.bin", "pickled weights"),
+        ("openvino_model.bin", "not this"),
+    ]);
+    let hub = FakeHub::start("CompVis/stable-diffusion-safety-checker", files);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(dir.path())
+        .with_downloads(true)
+        .with_endpoint(&hub.endpoint);
+    let snapshot = store
+        .resolve("CompVis/stable-diffusion-safety-checker", None)
+        .unwrap();
+    assert_eq!(read(&snapshot.join("pytorch_model.bin")), "pickled weights");
+    assert!(snapshot.join("config.json").exists());
+    assert!(!snapshot.join("openvino_model.bin").exists());
+    assert!(!snapshot.join("README.md").exists());
+}
+
+#[test]
 fn a_variant_download_prefers_the_variant_weights() {
     let hub = FakeHub::start("org/pipe", fake_pipeline());
     let dir = tempfile::tempdir().unwrap();
