@@ -65,6 +65,7 @@ fn assert_same(what: &str, got: &TensorMap, want: &TensorMap) {
 fn load_err(name: &str) -> String {
     let path = pickles().join(name);
     let e = pickle::load(&path, &Device::Cpu).unwrap_err().to_string();
+    eprintln!("{name}: {e}");
     assert!(
         e.contains(&path.display().to_string()),
         "names the file: {e}"
