@@ -146,19 +146,78 @@ enum Local {
     Missing(String),
 }
 
-/// Where models live when no directory is given: the HuggingFace hub cache (`HF_HUB_CACHE`,
-/// else `HF_HOME/hub`, else `~/.cache/huggingface/hub`), as `huggingface-cli` uses it.
+/// Where models live when no directory is given (`--model-dir` and `MODEL_DIR` come first,
+/// in the callers): the HuggingFace hub cache, found as huggingface_hub's `constants.py`
+/// finds it (checked against huggingface_hub 2.4):
+///
+/// 1. `HF_HUB_CACHE`,
+/// 2. else `HUGGINGFACE_HUB_CACHE` (the older name; ai-runner's image sets it to `/models`),
+/// 3. else `HF_HOME/hub`,
+/// 4. else `XDG_CACHE_HOME/huggingface/hub`,
+/// 5. else `~/.cache/huggingface/hub`.
+///
+/// As in huggingface_hub, a leading `~` and `$VAR` / `${VAR}` in `HF_HUB_CACHE`,
+/// `HUGGINGFACE_HUB_CACHE` and `HF_HOME` are expanded. Unlike it, a variable set to the
+/// empty string counts as unset (Python would use the working directory).
 pub fn default_model_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(d);
+    model_dir_from(&|name| std::env::var_os(name))
+}
+
+/// [`default_model_dir`] with the environment given as a lookup.
+fn model_dir_from(env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let home = || {
+        var("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    let expand = |v: std::ffi::OsString| PathBuf::from(expand_path(&v.to_string_lossy(), env));
+    if let Some(d) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+        return expand(d);
     }
-    if let Some(d) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(d).join("hub");
+    if let Some(d) = var("HF_HOME") {
+        return expand(d).join("hub");
     }
-    let home = std::env::var_os("HOME")
+    let cache = var("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("huggingface").join("hub")
+        .unwrap_or_else(|| home().join(".cache"));
+    cache.join("huggingface").join("hub")
+}
+
+/// Python's `os.path.expandvars(os.path.expanduser(path))` for the forms configs use: a
+/// leading `~` or `~/`, and `$NAME` / `${NAME}` (left as they are when `NAME` is unset).
+fn expand_path(path: &str, env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> String {
+    let path = match path.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => match env("HOME") {
+            Some(home) => format!("{}{rest}", home.to_string_lossy()),
+            None => path.to_string(),
+        },
+        _ => path.to_string(),
+    };
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path.as_str();
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, len) = match after.strip_prefix('{') {
+            Some(inner) => match inner.find('}') {
+                Some(end) => (&inner[..end], end + 2),
+                None => ("", 0),
+            },
+            None => {
+                let end = after.find(|c: char| !is_name(c)).unwrap_or(after.len());
+                (&after[..end], end)
+            }
+        };
+        match env(name).filter(|_| !name.is_empty() && name.chars().all(is_name)) {
+            Some(value) => out.push_str(&value.to_string_lossy()),
+            None => out.push_str(&rest[at..at + 1 + len]),
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A model directory in the HuggingFace hub cache layout, and the policy for what is not
@@ -239,9 +298,10 @@ impl ModelStore {
     /// weight loader picks the variant among the files there. A missing one is downloaded
     /// when allowed, limited to what a diffusers pipeline loads: `model_index.json` and, in
     /// the component folders it names, the JSON and text files (configs, tokenizers) and
-    /// the safetensors weights — the `variant` (e.g. `fp16`) ones where a component has
-    /// them and a variant is asked for, the plain ones otherwise. Pickled (`.bin`, `.ckpt`),
-    /// ONNX and Flax files are never fetched.
+    /// one set of weights per folder — safetensors, or the PyTorch `.bin` files only where a
+    /// folder has no safetensors (never both); the `variant` (e.g. `fp16`) ones where a
+    /// component has them and a variant is asked for, the plain ones otherwise. `.ckpt`
+    /// single-file checkpoints, ONNX, OpenVINO and Flax files are never fetched.
     pub fn resolve(&self, id: &str, variant: Option<&str>) -> Result<PathBuf> {
         validate_model_id(id)?;
         let why = match self.local_snapshot(id)? {

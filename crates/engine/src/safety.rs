@@ -106,12 +106,15 @@ pub struct SafetyChecker {
     special_thresholds: Vec<f32>,
     device: Device,
     dtype: DType,
+    /// Round the pixel values through f16 before the model, as ai-runner does.
+    f16_input: bool,
 }
 
 impl SafetyChecker {
     /// Loads the checker saved in `dir` (`config.json`, `preprocessor_config.json` and
-    /// `model.safetensors`, possibly sharded or as a `.fp16` variant) onto `device`, with its
-    /// weights in `dtype`. Scores are always computed in f32 from the projected embedding.
+    /// `model.safetensors` or, as the Hub's CompVis repository ships it, `pytorch_model.bin`;
+    /// possibly sharded or as a `.fp16` variant) onto `device`, with its weights in `dtype`.
+    /// Scores are always computed in f32 from the projected embedding.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         for file in [CONFIG_FILE, PREPROCESSOR_FILE] {
             if !dir.join(file).is_file() {
@@ -186,7 +189,21 @@ impl SafetyChecker {
             special_thresholds,
             device: device.clone(),
             dtype,
+            f16_input: true,
         })
+    }
+
+    /// Whether the pixel values are rounded through f16 before the vision model (the
+    /// default). ai-runner (`runner/app/pipelines/utils/utils.py`, `SafetyChecker`) loads the
+    /// checker in float32 but calls it with
+    /// `clip_input=safety_checker_input.pixel_values.to(torch.float16)`; transformers'
+    /// `CLIPVisionEmbeddings` casts its input back to the patch embedding's dtype, so the
+    /// float32 model sees f16-rounded pixels, and so does tessera by default. Off, the checker
+    /// computes what diffusers' own pipelines do in float32 (`.to(dtype)` with the
+    /// pipeline's dtype).
+    pub fn with_f16_input(mut self, on: bool) -> Self {
+        self.f16_input = on;
+        self
     }
 
     /// Whether each image is NSFW.
@@ -241,9 +258,15 @@ impl SafetyChecker {
     }
 
     /// The projected image embeddings [n, projection_dim] (model dtype) of `pixel_values`
-    /// as [`SafetyChecker::pixel_values`] makes them.
+    /// as [`SafetyChecker::pixel_values`] makes them (rounded through f16 first unless
+    /// [`SafetyChecker::with_f16_input`] turned that off).
     pub fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let pixels = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let pixels = if self.f16_input {
+            pixel_values.to_dtype(DType::F16)?.to_dtype(DType::F32)?
+        } else {
+            pixel_values.clone()
+        };
+        let pixels = pixels.to_device(&self.device)?.to_dtype(self.dtype)?;
         let pooled = self.vision.forward(&pixels)?;
         Ok(self.projection.forward(&pooled)?)
     }

@@ -815,7 +815,7 @@ fn read_text(path: &Path) -> Result<String> {
 
 /// A required JSON file; missing or malformed is the model's fault and names the file.
 fn read_json_file<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    serde_json::from_str(&read_text(path)?).map_err(|e| {
+    crate::error::parse_json(&read_text(path)?).map_err(|e| {
         Error::Model(format!(
             "cannot parse tokenizer file {}: {e}",
             path.display()

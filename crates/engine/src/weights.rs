@@ -1,10 +1,13 @@
-//! Finding and loading a component's safetensors weights in the diffusers layout: a single
-//! file, a `.fp16` (or other) variant, or shards listed by a `*.safetensors.index.json`.
+//! Finding and loading a component's weights in the diffusers layout: safetensors or PyTorch
+//! `.bin` pickles, each as a single file, a `.fp16` (or other) variant, or shards listed by
+//! a `*.safetensors.index.json` / `*.bin.index.json`.
 //!
 //! Weights are loaded into a plain name -> tensor map. Models are built from that map through
 //! a `VarBuilder`, which reports a missing tensor or a shape mismatch by the tensor's name.
 //! Keeping the map (rather than building models straight from files) lets LoRA patch a few
 //! entries and rebuild a model without touching the base weights.
+
+pub mod pickle;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,27 +19,41 @@ use crate::error::{read_json, Error, Result};
 
 pub type TensorMap = HashMap<String, Tensor>;
 
-/// The safetensors files holding the weights `stem` (e.g. `diffusion_pytorch_model` or
-/// `model`) in `dir`. With a `variant` (e.g. `fp16`) the variant is preferred and the plain
-/// files are the fallback; without one it is the other way round, since some repositories
-/// ship only the variant.
+/// The name PyTorch `.bin` weights take for the safetensors `stem`: transformers saves
+/// `model.safetensors` but `pytorch_model.bin`; diffusers uses `diffusion_pytorch_model`
+/// for both.
+fn bin_stem(stem: &str) -> String {
+    match stem {
+        "model" => "pytorch_model".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The files holding the weights `stem` (e.g. `diffusion_pytorch_model` or `model`) in
+/// `dir`. Safetensors come first: a folder with both formats loads its safetensors, and
+/// the `.bin` pickles (`pytorch_model.bin`, `diffusion_pytorch_model.bin`, their variants
+/// and `*.bin.index.json` shards) are read only when there are none. Within a format, with
+/// a `variant` (e.g. `fp16`) the variant is preferred and the plain files are the fallback;
+/// without one it is the other way round, since some repositories ship only the variant.
 pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec<PathBuf>> {
-    // (single file, shard index) per candidate; diffusers names a variant's shard index
-    // `{stem}.safetensors.index.{variant}.json`.
-    let plain = (
-        format!("{stem}.safetensors"),
-        format!("{stem}.safetensors.index.json"),
-    );
-    let of_variant = |v: &str| {
-        (
-            format!("{stem}.{v}.safetensors"),
-            format!("{stem}.safetensors.index.{v}.json"),
-        )
+    // (single file, shard index) per candidate; diffusers and transformers name a
+    // variant's shard index `{name}.index.{variant}.json`.
+    let candidates_of = |stem: &str, ext: &str| {
+        let plain = (format!("{stem}.{ext}"), format!("{stem}.{ext}.index.json"));
+        let of_variant = |v: &str| {
+            (
+                format!("{stem}.{v}.{ext}"),
+                format!("{stem}.{ext}.index.{v}.json"),
+            )
+        };
+        match variant {
+            Some(v) => vec![of_variant(v), plain],
+            None => vec![plain, of_variant("fp16")],
+        }
     };
-    let candidates = match variant {
-        Some(v) => vec![of_variant(v), plain],
-        None => vec![plain, of_variant("fp16")],
-    };
+    let bin = bin_stem(stem);
+    let mut candidates = candidates_of(stem, "safetensors");
+    candidates.extend(candidates_of(&bin, "bin"));
     for (single, index) in &candidates {
         let single = dir.join(single);
         if single.is_file() {
@@ -48,9 +65,8 @@ pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<
         }
     }
     Err(Error::Model(format!(
-        "no weights in {}: expected {}.safetensors (or a variant, or a sharded index)",
+        "no weights in {}: expected {stem}.safetensors or {bin}.bin (or a variant, or a sharded index)",
         dir.display(),
-        stem
     )))
 }
 
@@ -83,12 +99,20 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Loads every tensor of the given files onto `device`, keeping their stored dtype. The files
-/// are memory-mapped and each tensor copied out once, so a checkpoint does not sit in memory
-/// twice while it loads (a 10 GB SDXL UNet would not fit otherwise).
+/// Loads every tensor of the given files onto `device`, keeping their stored dtype: files
+/// named `*.safetensors` as safetensors, anything else as a PyTorch checkpoint (read by
+/// [`pickle`], which rebuilds tensors and refuses everything else). Safetensors files are
+/// memory-mapped and each tensor copied out once, so a checkpoint does not sit in memory
+/// twice while it loads (a 10 GB SDXL UNet would not fit otherwise); a pickle's storages
+/// are read one at a time.
 pub fn load_files(files: &[PathBuf], device: &Device) -> Result<TensorMap> {
     let mut map = TensorMap::new();
     for f in files {
+        if f.extension().is_none_or(|e| e != "safetensors") {
+            tracing::debug!(file = %f.display(), "reading PyTorch weights");
+            map.extend(pickle::load(f, device)?);
+            continue;
+        }
         let bad = |e: candle_core::Error| {
             Error::Model(format!("cannot read weights {}: {e}", f.display()))
         };
@@ -254,7 +278,7 @@ mod tests {
         let e = component_files(d.path(), "other", None)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("other.safetensors"), "{e}");
+        assert!(e.contains("other.safetensors or other.bin"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(super) const DEFAULT_HUB_TIMEOUT: Duration = Duration::from_secs(10);
 /// The weight file stems diffusers and transformers save (`diffusion_pytorch_model.safetensors`,
 /// `model.fp16-00001-of-00002.safetensors`): only after these is a `.xxx` a variant name.
 const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+/// The `.bin` weight stems: transformers' `pytorch_model`, diffusers' `diffusion_pytorch_model`.
+const BIN_STEMS: [&str; 2] = ["diffusion_pytorch_model", "pytorch_model"];
 
 /// A client for one hub endpoint, writing into one hub-cache directory.
 pub(super) struct Hub {
@@ -135,7 +137,7 @@ const MODEL_INDEX: &str = "model_index.json";
 fn pipeline_components(index: &Path) -> Result<BTreeSet<String>, String> {
     let text = std::fs::read_to_string(index).map_err(|e| format!("{}: {e}", index.display()))?;
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+        crate::error::parse_json(&text).map_err(|e| format!("{}: {e}", index.display()))?;
     let object = value
         .as_object()
         .ok_or_else(|| format!("{} is not a JSON object", index.display()))?;
@@ -154,9 +156,11 @@ fn pipeline_components(index: &Path) -> Result<BTreeSet<String>, String> {
 /// The files of a listing worth downloading. For a pipeline (`components` from its
 /// `model_index.json`): `model_index.json` and the files directly inside the component
 /// folders; for any other repository: its top-level files. Of those, JSON and text files
-/// (configs, tokenizers) and safetensors weights with their shard indexes. Weights are
-/// chosen per folder, as diffusers does: the `variant` files where one is asked for and the
-/// folder has them, the plain files otherwise.
+/// (configs, tokenizers) and one set of weights per folder, the set the weight loader
+/// (`weights::component_files`) would pick: safetensors when the folder has any, PyTorch
+/// `.bin` files (`pytorch_model`/`diffusion_pytorch_model` and their shards) only when it
+/// has none, never both; within the format, the `variant` files where one is asked for and
+/// the folder has them, the plain files otherwise (or `fp16` when there are only those).
 pub(super) fn select_files<'a>(
     files: &[&'a str],
     components: Option<&BTreeSet<String>>,
@@ -186,22 +190,85 @@ pub(super) fn select_files<'a>(
     wanted
 }
 
+/// The two weight formats, in the loader's order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    Bin,
+}
+
+/// A weight file's (or shard index's) format and variant.
+type WeightKind = (Format, Option<String>);
+
+/// A weight file's (or shard index's) format and variant; `None` for anything else.
+fn weight_kind(name: &str) -> Option<WeightKind> {
+    if let Some(v) = weight_variant(name) {
+        return Some((Format::Safetensors, v));
+    }
+    bin_variant(name).map(|v| (Format::Bin, v))
+}
+
 /// The files of one folder to download (see [`select_files`]).
 fn select_in_folder<'a>(files: &[&'a str], variant: Option<&str>) -> Vec<&'a str> {
     let name_of = |file: &'a str| file.rsplit('/').next().unwrap_or(file);
-    let has_variant = variant.is_some()
-        && files
-            .iter()
-            .any(|f| weight_variant(name_of(f)).is_some_and(|v| v.as_deref() == variant));
-    let chosen = if has_variant { variant } else { None };
-    files
+    let kinds: Vec<(&'a str, Option<WeightKind>)> = files
         .iter()
-        .copied()
-        .filter(|f| match weight_variant(name_of(f)) {
-            Some(v) => v.as_deref() == chosen,
+        .map(|&f| (f, weight_kind(name_of(f))))
+        .collect();
+    let format = if kinds
+        .iter()
+        .any(|(_, k)| matches!(k, Some((Format::Safetensors, _))))
+    {
+        Format::Safetensors
+    } else {
+        Format::Bin
+    };
+    let has = |v: Option<&str>| {
+        kinds
+            .iter()
+            .any(|(_, k)| matches!(k, Some((f, kv)) if *f == format && kv.as_deref() == v))
+    };
+    let chosen = match variant {
+        Some(v) if has(Some(v)) => Some(v),
+        None if !has(None) && has(Some("fp16")) => Some("fp16"),
+        _ => None,
+    };
+    kinds
+        .into_iter()
+        .filter(|(f, kind)| match kind {
+            Some((fmt, v)) => *fmt == format && v.as_deref() == chosen,
             None => is_config(name_of(f)),
         })
+        .map(|(f, _)| f)
         .collect()
+}
+
+/// For a PyTorch weight file or shard index of the stems transformers and diffusers write
+/// (`pytorch_model`, `diffusion_pytorch_model`), its variant (`Some(None)` for plain
+/// weights); `None` for anything else (`openvino_model.bin`, a LoRA `.bin`...). Recognises
+/// `STEM.bin`, `STEM.VARIANT.bin`, `STEM[.VARIANT]-00001-of-00002.bin`,
+/// `STEM.bin.index[.VARIANT].json` and the older `STEM.VARIANT.bin.index.json`.
+fn bin_variant(name: &str) -> Option<Option<String>> {
+    let body = match name.strip_suffix(".bin") {
+        Some(body) => strip_shard_suffix(body).to_string(),
+        None => {
+            let body = name.strip_suffix(".json")?;
+            if !body.contains(".bin") || !body.contains(".index") {
+                return None;
+            }
+            let rest: Vec<&str> = body
+                .split('.')
+                .filter(|part| *part != "bin" && *part != "index")
+                .collect();
+            rest.join(".")
+        }
+    };
+    let (stem, variant) = match body.split_once('.') {
+        Some((stem, v)) if !v.is_empty() && !v.contains('.') => (stem, Some(v.to_string())),
+        Some(_) => return None,
+        None => (body.as_str(), None),
+    };
+    BIN_STEMS.contains(&stem).then_some(variant)
 }
 
 /// For a safetensors weight file or shard index, its variant (`Some(None)` for plain
@@ -449,6 +516,103 @@ mod tests {
         ];
         for (name, expected) in cases {
             let got = weight_variant(name);
+            assert_eq!(got.as_ref().map(|v| v.as_deref()), *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn bin_weights_only_where_a_folder_has_no_safetensors() {
+        // CompVis/stable-diffusion-safety-checker's main branch.
+        let checker = [
+            ".gitattributes",
+            "README.md",
+            "config.json",
+            "preprocessor_config.json",
+            "pytorch_model.bin",
+        ];
+        assert_eq!(
+            sorted(select_files(&checker, None, None)),
+            sorted([
+                "config.json",
+                "preprocessor_config.json",
+                "pytorch_model.bin"
+            ])
+        );
+        let files = [
+            "model_index.json",
+            "text_encoder/config.json",
+            "text_encoder/pytorch_model-00001-of-00002.bin",
+            "text_encoder/pytorch_model-00002-of-00002.bin",
+            "text_encoder/pytorch_model.bin.index.json",
+            "text_encoder/openvino_model.bin",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.bin",
+            "unet/diffusion_pytorch_model.fp16.bin",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.bin",
+            "vae/diffusion_pytorch_model.fp16.bin",
+        ];
+        let components = ["text_encoder", "unet", "vae"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            sorted(select_files(&files, Some(&components), None)),
+            sorted([
+                "model_index.json",
+                "text_encoder/config.json",
+                "text_encoder/pytorch_model-00001-of-00002.bin",
+                "text_encoder/pytorch_model-00002-of-00002.bin",
+                "text_encoder/pytorch_model.bin.index.json",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.bin",
+            ])
+        );
+        let got = select_files(&files, Some(&components), Some("fp16"));
+        assert!(
+            got.contains(&"vae/diffusion_pytorch_model.fp16.bin"),
+            "{got:?}"
+        );
+        assert!(!got.contains(&"vae/diffusion_pytorch_model.bin"), "{got:?}");
+        assert!(
+            got.contains(&"unet/diffusion_pytorch_model.safetensors"),
+            "{got:?}"
+        );
+        assert!(!got
+            .iter()
+            .any(|f| f.starts_with("unet/") && f.ends_with(".bin")));
+    }
+
+    #[test]
+    fn only_fp16_weights_are_taken_without_a_variant() {
+        let files = ["config.json", "model.fp16.safetensors", "pytorch_model.bin"];
+        assert_eq!(
+            sorted(select_files(&files, None, None)),
+            sorted(["config.json", "model.fp16.safetensors"])
+        );
+    }
+
+    #[test]
+    fn bin_variants_are_read_from_every_naming_scheme() {
+        let cases: &[(&str, Option<Option<&str>>)] = &[
+            ("pytorch_model.bin", Some(None)),
+            ("diffusion_pytorch_model.bin", Some(None)),
+            ("diffusion_pytorch_model.fp16.bin", Some(Some("fp16"))),
+            ("pytorch_model-00001-of-00002.bin", Some(None)),
+            ("pytorch_model.fp16-00001-of-00002.bin", Some(Some("fp16"))),
+            ("pytorch_model.bin.index.json", Some(None)),
+            ("pytorch_model.bin.index.fp16.json", Some(Some("fp16"))),
+            ("pytorch_model.fp16.bin.index.json", Some(Some("fp16"))),
+            ("openvino_model.bin", None),
+            ("pytorch_lora_weights.bin", None),
+            ("model.safetensors", None),
+            ("config.json", None),
+        ];
+        for (name, expected) in cases {
+            let got = bin_variant(name);
             assert_eq!(got.as_ref().map(|v| v.as_deref()), *expected, "{name}");
         }
     }

@@ -618,6 +618,30 @@ fn a_missing_pipeline_is_downloaded_without_what_it_does_not_need() {
 }
 
 #[test]
+fn a_repository_with_only_bin_weights_downloads_the_bin() {
+    // CompVis/stable-diffusion-safety-checker's main branch: pytorch_model.bin only.
+    let files = BTreeMap::from([
+        ("README.md", "readme"),
+        ("config.json", r#"{"projection_dim": 768}"#),
+        ("preprocessor_config.json", r#"{"size": 224}"#),
+        ("pytorch_model.bin", "pickled weights"),
+        ("openvino_model.bin", "not this"),
+    ]);
+    let hub = FakeHub::start("CompVis/stable-diffusion-safety-checker", files);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(dir.path())
+        .with_downloads(true)
+        .with_endpoint(&hub.endpoint);
+    let snapshot = store
+        .resolve("CompVis/stable-diffusion-safety-checker", None)
+        .unwrap();
+    assert_eq!(read(&snapshot.join("pytorch_model.bin")), "pickled weights");
+    assert!(snapshot.join("config.json").exists());
+    assert!(!snapshot.join("openvino_model.bin").exists());
+    assert!(!snapshot.join("README.md").exists());
+}
+
+#[test]
 fn a_variant_download_prefers_the_variant_weights() {
     let hub = FakeHub::start("org/pipe", fake_pipeline());
     let dir = tempfile::tempdir().unwrap();
@@ -677,4 +701,63 @@ fn a_repository_the_hub_lacks_is_reported_as_such() {
         "{message}"
     );
     assert!(message.contains("HF_TOKEN"), "{message}");
+}
+
+/// The model directory from an environment given as pairs (huggingface_hub's precedence).
+fn dir_with(vars: &[(&str, &str)]) -> PathBuf {
+    let map: std::collections::HashMap<String, std::ffi::OsString> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    super::model_dir_from(&|name| map.get(name).cloned())
+}
+
+#[test]
+fn model_dir_follows_huggingface_hub_precedence() {
+    let all = [
+        ("HOME", "/home/u"),
+        ("XDG_CACHE_HOME", "/xdg"),
+        ("HF_HOME", "/hf"),
+        ("HUGGINGFACE_HUB_CACHE", "/models"),
+        ("HF_HUB_CACHE", "/cache"),
+    ];
+    assert_eq!(dir_with(&all), PathBuf::from("/cache"));
+    assert_eq!(dir_with(&all[..4]), PathBuf::from("/models"));
+    assert_eq!(dir_with(&all[..3]), PathBuf::from("/hf/hub"));
+    assert_eq!(dir_with(&all[..2]), PathBuf::from("/xdg/huggingface/hub"));
+    assert_eq!(
+        dir_with(&all[..1]),
+        PathBuf::from("/home/u/.cache/huggingface/hub")
+    );
+    // Empty counts as unset.
+    assert_eq!(
+        dir_with(&[
+            ("HOME", "/home/u"),
+            ("HF_HUB_CACHE", ""),
+            ("HF_HOME", "/hf")
+        ]),
+        PathBuf::from("/hf/hub")
+    );
+}
+
+#[test]
+fn model_dir_expands_home_and_variables_as_python_does() {
+    let env = [("HOME", "/home/u"), ("DATA", "/data")];
+    let with = |k: &str, v: &str| {
+        let mut e = env.to_vec();
+        e.push((k, v));
+        dir_with(&e)
+    };
+    assert_eq!(with("HF_HOME", "~/hf"), PathBuf::from("/home/u/hf/hub"));
+    assert_eq!(
+        with("HF_HUB_CACHE", "$DATA/hub"),
+        PathBuf::from("/data/hub")
+    );
+    assert_eq!(
+        with("HUGGINGFACE_HUB_CACHE", "${DATA}/m"),
+        PathBuf::from("/data/m")
+    );
+    // Unknown variables and `~user` stay as written.
+    assert_eq!(with("HF_HUB_CACHE", "$NOPE/x"), PathBuf::from("$NOPE/x"));
+    assert_eq!(with("HF_HUB_CACHE", "~bob/x"), PathBuf::from("~bob/x"));
 }

@@ -7,6 +7,20 @@
 //! the crop is larger than the image), rescale (`uint8 as f64 * factor`, stored as f32)
 //! and normalise (`(x - mean) / std` in f32). Every step and value comes from the config;
 //! a key it leaves out takes `CLIPImageProcessor`'s class default.
+//!
+//! ai-runner does not read the checker folder's `preprocessor_config.json`: it builds its
+//! processor with `CLIPImageProcessor.from_pretrained("openai/clip-vit-base-patch32")`.
+//! The two agree on every value this processor uses: shortest edge 224, bicubic
+//! (`resample: 3`), a 224x224 center crop, rescale by 1/255 and OpenAI's CLIP mean / std
+//! (`[0.48145466, 0.4578275, 0.40821073]` / `[0.26862954, 0.26130258, 0.27577711]`).
+//! Checked against public copies: openai/clip-vit-base-patch32's processor as transformers
+//! loads it (`size: {shortest_edge: 224}`, `crop_size: 224x224`, `resample: 3`,
+//! `rescale_factor: 1/255`, those mean / std), and the Stable Diffusion v1 feature extractor
+//! that ships next to the CompVis checker (stable-diffusion-v1-5 `feature_extractor/`:
+//! integer `size: 224`, `crop_size: 224`, `resample: 3`, the same mean / std). The CompVis
+//! repository's own file could not be read here; its known form is that same legacy
+//! CLIPFeatureExtractor config. Reading the folder's file therefore gives ai-runner's
+//! numbers, and a checker folder with a different processor is honoured as diffusers would.
 
 use std::path::Path;
 

@@ -24,8 +24,13 @@ fn fixture_checker_dir() -> PathBuf {
     parity().join("models/tiny-safety-checker")
 }
 
+/// The checker as diffusers' float32 pipelines run it (pixel values not rounded through
+/// f16), which is how these references were recorded; ai-runner's f16 rounding is checked
+/// in tests/torch_weights.rs.
 fn load(dir: &Path) -> SafetyChecker {
-    SafetyChecker::load(dir, &Device::Cpu, DType::F32).unwrap()
+    SafetyChecker::load(dir, &Device::Cpu, DType::F32)
+        .unwrap()
+        .with_f16_input(false)
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
