@@ -23,17 +23,20 @@ pub struct Form {
 }
 
 impl Form {
-    /// Reads a `multipart/form-data` body. Anything else, or a malformed body, is a 400
-    /// naming the problem.
+    /// Reads a `multipart/form-data` body, or a JSON object (see [`Form::from_json`]).
+    /// Anything else is a 415; a malformed body a 400 naming the problem.
     pub async fn read(headers: &HeaderMap, body: Bytes) -> Result<Self, ApiError> {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        if is_json(content_type) {
+            return Self::from_json(&body);
+        }
         let boundary = multer::parse_boundary(content_type).map_err(|_| {
             ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "expected a multipart/form-data body",
+                "expected a multipart/form-data or application/json body",
             )
         })?;
         let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
@@ -57,6 +60,42 @@ impl Form {
             parts.push(Part {
                 name,
                 file_name,
+                content_type,
+                data,
+            });
+        }
+        Ok(Self { parts })
+    }
+
+    /// The request as a JSON object, as the Live Runner SDK's `call_runner` sends it: each
+    /// member becomes the form field of its name (strings as they are, numbers and booleans
+    /// as their JSON text, objects such as `loras` as JSON text; `null` is absent), and
+    /// `image` is a `data:` URL or bare base64, decoded to the file it holds.
+    pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+        let serde_json::Value::Object(members) = value else {
+            return Err(ApiError::bad_request("the JSON body must be an object"));
+        };
+        let mut parts = Vec::with_capacity(members.len());
+        for (name, value) in members {
+            let (data, content_type) = match (name.as_str(), value) {
+                (_, serde_json::Value::Null) => continue,
+                ("image", serde_json::Value::String(text)) => {
+                    let (content_type, data) = decode_image_text(&text)?;
+                    (data, content_type)
+                }
+                ("image", _) => {
+                    return Err(ApiError::bad_request(
+                        "image: expected a data URL or base64 text",
+                    ))
+                }
+                (_, serde_json::Value::String(text)) => (Bytes::from(text), None),
+                (_, other) => (Bytes::from(other.to_string()), None),
+            };
+            parts.push(Part {
+                file_name: (name == "image").then(|| "image".to_owned()),
+                name,
                 content_type,
                 data,
             });
@@ -99,5 +138,82 @@ impl Form {
             content_type: None,
             data: Bytes::copy_from_slice(value.as_bytes()),
         });
+    }
+}
+
+/// `application/json`, or another JSON media type (`application/vnd.x+json`).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// An image sent as text: `data:<type>;base64,<data>` or bare base64 (standard alphabet,
+/// padding optional). The declared type is kept; the runner sniffs the bytes anyway.
+fn decode_image_text(text: &str) -> Result<(Option<String>, Bytes), ApiError> {
+    use base64::Engine as _;
+    let (content_type, b64) = match text.strip_prefix("data:") {
+        Some(rest) => {
+            let (meta, data) = rest.split_once(',').ok_or_else(|| {
+                ApiError::bad_request("image: a data URL needs a comma before its data")
+            })?;
+            let media = meta.strip_suffix(";base64").ok_or_else(|| {
+                ApiError::bad_request("image: only base64 data URLs are accepted")
+            })?;
+            (Some(media.to_owned()).filter(|m| !m.is_empty()), data)
+        }
+        None => (None, text),
+    };
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let data = engine
+        .decode(b64.trim())
+        .map_err(|e| ApiError::bad_request(format!("image: not valid base64: {e}")))?;
+    Ok((content_type, Bytes::from(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_members_become_fields_and_the_image_its_bytes() {
+        let body = br#"{"prompt": "a hat", "image": "data:image/png;base64,iVBORw==",
+                        "seed": 7, "safety_check": false, "loras": {"a/b": 1.0}, "model_id": null}"#;
+        let form = Form::from_json(body).unwrap();
+        assert_eq!(form.text("prompt").unwrap(), Some("a hat"));
+        assert_eq!(form.text("seed").unwrap(), Some("7"));
+        assert_eq!(form.text("safety_check").unwrap(), Some("false"));
+        assert_eq!(form.text("loras").unwrap(), Some(r#"{"a/b":1.0}"#));
+        assert!(form.get("model_id").is_none());
+        let image = form.get("image").unwrap();
+        assert_eq!(&image.data[..], b"\x89PNG");
+        assert_eq!(image.content_type.as_deref(), Some("image/png"));
+        let bare = Form::from_json(br#"{"image": "iVBORw"}"#).unwrap();
+        assert_eq!(&bare.get("image").unwrap().data[..], b"\x89PNG");
+    }
+
+    #[test]
+    fn bad_json_is_a_400_naming_the_problem() {
+        for (body, needle) in [
+            (&b"{"[..], "malformed JSON body"),
+            (b"[1]", "must be an object"),
+            (br#"{"image": 3}"#, "data URL or base64"),
+            (br#"{"image": "data:image/png,abc"}"#, "only base64"),
+            (br#"{"image": "***"}"#, "not valid base64"),
+        ] {
+            let e = Form::from_json(body).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert!(e.message().contains(needle), "{}", e.message());
+        }
+        assert!(is_json("application/json; charset=utf-8"));
+        assert!(!is_json("multipart/form-data; boundary=x"));
     }
 }

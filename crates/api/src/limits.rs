@@ -22,9 +22,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The largest request body read: the upload and the form around it. Past it, 413.
+    /// The largest request body read: the upload (as base64, the larger of the ways a
+    /// request carries it: JSON requests send it so) and the form around it. Past it, 413.
     pub fn max_body_bytes(&self) -> usize {
-        self.max_upload_bytes.saturating_add(FORM_OVERHEAD_BYTES)
+        self.max_upload_bytes
+            .div_ceil(3)
+            .saturating_mul(4)
+            .saturating_add(FORM_OVERHEAD_BYTES)
     }
 }
 

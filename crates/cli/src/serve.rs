@@ -90,12 +90,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let mut gateway_config = gateway_config;
         gateway_config.orchestrators = vec![format!("http://{}", internal.local_addr()?)];
         let orchestrator = Orchestrator::start(models, orchestrator_config)?;
+        // Serving before the gateway starts: the gateway asks it what it offers at once.
+        let orchestrator = tokio::spawn(tessera_orchestrator::serve_on(internal, orchestrator));
         let gateway = Gateway::start(gateway_config).await?;
         // Both stop on the same signal; either failing stops the service with its error.
         tokio::try_join!(
             async {
-                tessera_orchestrator::serve_on(internal, orchestrator)
+                orchestrator
                     .await
+                    .context("the embedded orchestrator panicked")?
                     .context("the embedded orchestrator failed")
             },
             tessera_gateway::serve_on(public, gateway),
