@@ -750,15 +750,18 @@ fn check_sequence(fx: &Fixture, seq: &Sequence, check: &mut Check) {
     for run in &seq.runs {
         let prefix = &run.prefix;
         let what = |field: &str| format!("steps={} begin={}: {field}", run.steps, run.begin);
-        let mut scheduler: Box<dyn Scheduler> = if seq.eta != 0.0 {
-            Box::new(
-                Tcd::new(&config, run.steps)
-                    .and_then(|s| s.with_eta(seq.eta))
-                    .unwrap(),
-            )
-        } else {
-            build(&config, run.steps).unwrap_or_else(|e| panic!("{}: {e}", what("build")))
+        let fresh = || -> Box<dyn Scheduler> {
+            if seq.eta != 0.0 {
+                Box::new(
+                    Tcd::new(&config, run.steps)
+                        .and_then(|s| s.with_eta(seq.eta))
+                        .unwrap(),
+                )
+            } else {
+                build(&config, run.steps).unwrap_or_else(|e| panic!("{}: {e}", what("build")))
+            }
         };
+        let mut scheduler = fresh();
         // KDPM2's midpoint timesteps come from float32 logs of float32 midpoints, an ulp of
         // which moves them by up to ~1e-3 (see `sequence_tolerance`): absolute 1e-3 there.
         let timestep_floor = match kind {
@@ -825,5 +828,244 @@ fn check_sequence(fx: &Fixture, seq: &Sequence, check: &mut Check) {
             let expected = to_vec(&fx.tensor(&format!("{prefix}.prev")).get(k).unwrap());
             check.close_tensor(&what("step"), &to_vec(&prev), &expected);
         }
+
+        // From the seed alone: diffusers drew from `torch.Generator("cpu").manual_seed(steps)`,
+        // so torch's generator reimplemented gives the same steps when the draws come in
+        // diffusers' order and shapes.
+        if run.draws.iter().any(|&d| d > 0) {
+            let mut scheduler = fresh();
+            let mut seeded = crate::noise::TorchCpuNoise::new(run.steps as u64);
+            for (k, i) in (run.begin..len).enumerate() {
+                let sample = fx.input("inputs.sample", i);
+                let model_output = fx.input("inputs.model_output", i);
+                scheduler.scale_model_input(&sample, i).unwrap();
+                let prev = scheduler
+                    .step(&model_output, i, &sample, &mut seeded)
+                    .unwrap();
+                let expected = to_vec(&fx.tensor(&format!("{prefix}.prev")).get(k).unwrap());
+                check.close_tensor(
+                    &what(&format!("index {i}: seeded step")),
+                    &to_vec(&prev),
+                    &expected,
+                );
+            }
+        }
+    }
+}
+
+/// Values the new classes read but tessera does not implement: `Error::Model` naming the key
+/// and the value, as diffusers would compute something else (or fail).
+#[test]
+fn unsupported_options_name_key_and_value() {
+    let cases = [
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true}),
+            "use_flow_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "variance_type": "learned_range"}),
+            "variance_type",
+            "learned_range",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 0}),
+            "solver_order",
+            "0",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}),
+            "final_sigmas_type",
+            "zero",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "prediction_type": "flow_prediction"}),
+            "prediction_type",
+            "flow_prediction",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver+++"}),
+            "algorithm_type",
+            "dpmsolver+++",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "euler"}),
+            "solver_type",
+            "euler",
+        ),
+        (
+            json!({"_class_name": "DPMSolverSinglestepScheduler", "solver_order": 4}),
+            "solver_order",
+            "4",
+        ),
+        (
+            json!({"_class_name": "DPMSolverSinglestepScheduler", "algorithm_type": "sde-dpmsolver"}),
+            "algorithm_type",
+            "sde-dpmsolver",
+        ),
+        (
+            json!({"_class_name": "UniPCMultistepScheduler", "solver_p": {"_class_name": "DDIMScheduler"}}),
+            "solver_p",
+            "DDIMScheduler",
+        ),
+        (
+            json!({"_class_name": "UniPCMultistepScheduler", "use_dynamic_shifting": true}),
+            "use_dynamic_shifting",
+            "true",
+        ),
+        (
+            json!({"_class_name": "UniPCMultistepScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DEISMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}),
+            "algorithm_type",
+            "sde-dpmsolver++",
+        ),
+        (
+            json!({"_class_name": "PNDMScheduler", "prediction_type": "sample"}),
+            "prediction_type",
+            "sample",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "variance_type": "learned"}),
+            "variance_type",
+            "learned",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "variance_type": "fixed_large_log"}),
+            "variance_type",
+            "fixed_large_log",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"}),
+            "beta_schedule",
+            "sigmoid",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "LCMScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "LCMScheduler", "original_inference_steps": 2000}),
+            "original_inference_steps",
+            "2000",
+        ),
+        (
+            json!({"_class_name": "KDPM2DiscreteScheduler", "prediction_type": "sample"}),
+            "prediction_type",
+            "sample",
+        ),
+        (
+            json!({"_class_name": "KDPM2AncestralDiscreteScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "LMSDiscreteScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+    ];
+    for (case, key, value) in cases {
+        let err = SchedulerConfig::from_value(case.clone()).and_then(|c| build(&c, 4).map(|_| ()));
+        let err = err.expect_err(&case.to_string());
+        assert!(
+            matches!(&err, Error::Model(m) if m.contains(key) && m.contains(value)),
+            "{case}: {err}"
+        );
+    }
+}
+
+/// A DPM-Solver config as diffusers writes it (DreamShaper-style DPM++ 2M Karras), with the
+/// other classes' keys it ignores; `lambda_min_clipped` as the string a Python-JSON reader may
+/// hand over for `-Infinity`.
+#[test]
+fn reads_a_dpm_solver_repository_config() {
+    let config = SchedulerConfig::from_value(json!({
+        "_class_name": "DPMSolverMultistepScheduler",
+        "_diffusers_version": "0.21.0",
+        "algorithm_type": "dpmsolver++",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": false,
+        "dynamic_thresholding_ratio": 0.995,
+        "euler_at_final": false,
+        "interpolation_type": "linear",
+        "lambda_min_clipped": "-Infinity",
+        "lower_order_final": true,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": false,
+        "skip_prk_steps": true,
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "steps_offset": 1,
+        "thresholding": false,
+        "timestep_spacing": "leading",
+        "trained_betas": null,
+        "use_karras_sigmas": true,
+        "variance_type": null
+    }))
+    .unwrap();
+    assert_eq!(config.kind().unwrap(), SchedulerKind::DpmSolverMultistep);
+    assert_eq!(config.lambda_min_clipped, f64::NEG_INFINITY);
+    assert!(config.use_karras_sigmas && config.lower_order_final);
+    let scheduler = build(&config, 25).unwrap();
+    assert_eq!(scheduler.timesteps().len(), 25);
+    assert_eq!(scheduler.timesteps()[0], 999.0);
+}
+
+/// The second-order schedulers say so, and img2img's start index (`t_start * order`) lands on
+/// the first half of a step.
+#[test]
+fn second_order_schedulers_have_order_two() {
+    for class in [
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+    ] {
+        let config = SchedulerConfig::from_value(json!({ "_class_name": class })).unwrap();
+        let scheduler = build(&config, 10).unwrap();
+        assert_eq!(scheduler.order(), 2, "{class}");
+        assert_eq!(scheduler.timesteps().len(), 19, "{class}");
+    }
+    for kind in SchedulerKind::ALL {
+        let config =
+            SchedulerConfig::from_value(json!({"_class_name": kind.class_name()})).unwrap();
+        let second = matches!(
+            kind,
+            SchedulerKind::HeunDiscrete
+                | SchedulerKind::KDpm2Discrete
+                | SchedulerKind::KDpm2AncestralDiscrete
+        );
+        assert_eq!(
+            build(&config, 10).unwrap().order(),
+            if second { 2 } else { 1 }
+        );
     }
 }
