@@ -1,37 +1,73 @@
-//! Noise schedulers, computing what diffusers' `EulerDiscreteScheduler`,
-//! `EulerAncestralDiscreteScheduler` and `DDIMScheduler` compute, configured from a
-//! repository's `scheduler/scheduler_config.json`.
+//! Noise schedulers, computing what diffusers' schedulers compute, configured from a
+//! repository's `scheduler/scheduler_config.json` and chosen by its `_class_name`:
+//! `EulerDiscreteScheduler`, `EulerAncestralDiscreteScheduler`, `DDIMScheduler`,
+//! `DPMSolverMultistepScheduler`, `DPMSolverSinglestepScheduler`, `UniPCMultistepScheduler`,
+//! `DEISMultistepScheduler`, `PNDMScheduler`, `DDPMScheduler`, `LCMScheduler`, `TCDScheduler`,
+//! `HeunDiscreteScheduler`, `KDPM2DiscreteScheduler`, `KDPM2AncestralDiscreteScheduler` and
+//! `LMSDiscreteScheduler` (one file each). An option value a class reads but tessera does not
+//! implement is an `Error::Model` naming the key and the value, never different numbers.
 //!
 //! The arithmetic repeats diffusers' own, operation by operation: the training schedule and
 //! the timesteps follow torch's and numpy's float32/float64 steps (bit-identical, down to
 //! torch's fused multiply-add in `linspace`), and `step` works on float32 scalars and tensors
 //! in diffusers' order. What remains is rounding we cannot portably reproduce: torch's CPU
 //! `sqrt` (Intel MKL) is not correctly rounded, so sigmas and square-root coefficients can
-//! differ from ours by an ulp, and numpy's vectorised `log`/`pow` move Karras and exponential
-//! timesteps by less than 1e-6 relative.
+//! differ from ours by an ulp, numpy's vectorised `log`/`pow` move Karras and exponential
+//! timesteps by less than 1e-6 relative, and torch's and numpy's float32 `log`/`exp` (an ulp
+//! off in a few percent of cases) move the multistep solvers' lambda-based coefficients, which
+//! their higher orders amplify to ~1e-5 of a step's magnitude (see the tests' tolerances).
 //!
 //! diffusers keeps a step counter (`step_index` / `begin_index`) inside the scheduler; here
 //! the caller passes the index into [`Scheduler::timesteps`] instead (img2img starts at
-//! `t_start` and passes `t_start + i`), which is what `set_begin_index` achieves there.
+//! `t_start * order()` and passes each index in turn), which is what `set_begin_index`
+//! achieves there. The state a step leaves for the next (multistep histories, PNDM's counter,
+//! the second-order schedulers' first halves) lives in the scheduler and counts from the first
+//! step taken, as diffusers' does after `set_begin_index`: steps must be taken in order, each
+//! index once. Heun and KDPM2 (`order()` = 2) list every timestep but the first twice, the
+//! first of each pair the predictor and the second the corrector.
 
 mod config;
 mod ddim;
+mod ddpm;
+mod deis;
+mod dpm_multistep;
+mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
+mod heun;
+mod kdpm2;
+mod kdpm2_ancestral;
+mod lcm;
+mod lms;
+mod pndm;
 mod schedule;
 mod sigmas;
+mod tcd;
 #[cfg(test)]
 mod tests;
+mod unipc;
 
 use candle_core::{DType, Tensor};
 
 pub use config::{
-    BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SchedulerConfig,
-    SchedulerKind, TimestepSpacing, TimestepType,
+    AlgorithmType, BetaSchedule, FinalSigmasType, InterpolationType, PredictionType,
+    SchedulerConfig, SchedulerKind, SolverType, TimestepSpacing, TimestepType, VarianceType,
 };
 pub use ddim::Ddim;
+pub use ddpm::Ddpm;
+pub use deis::DeisMultistep;
+pub use dpm_multistep::DpmSolverMultistep;
+pub use dpm_singlestep::DpmSolverSinglestep;
 pub use euler::EulerDiscrete;
 pub use euler_ancestral::EulerAncestralDiscrete;
+pub use heun::HeunDiscrete;
+pub use kdpm2::KDpm2Discrete;
+pub use kdpm2_ancestral::KDpm2AncestralDiscrete;
+pub use lcm::Lcm;
+pub use lms::LmsDiscrete;
+pub use pndm::Pndm;
+pub use tcd::Tcd;
+pub use unipc::UniPcMultistep;
 
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
@@ -68,6 +104,26 @@ pub fn build(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Box
             Box::new(EulerAncestralDiscrete::new(config, num_inference_steps)?)
         }
         SchedulerKind::Ddim => Box::new(Ddim::new(config, num_inference_steps)?),
+        SchedulerKind::DpmSolverMultistep => {
+            Box::new(DpmSolverMultistep::new(config, num_inference_steps)?)
+        }
+        SchedulerKind::Pndm => Box::new(Pndm::new(config, num_inference_steps)?),
+        SchedulerKind::Ddpm => Box::new(Ddpm::new(config, num_inference_steps)?),
+        SchedulerKind::Lcm => Box::new(Lcm::new(config, num_inference_steps)?),
+        SchedulerKind::Tcd => Box::new(Tcd::new(config, num_inference_steps)?),
+        SchedulerKind::HeunDiscrete => Box::new(HeunDiscrete::new(config, num_inference_steps)?),
+        SchedulerKind::KDpm2Discrete => Box::new(KDpm2Discrete::new(config, num_inference_steps)?),
+        SchedulerKind::KDpm2AncestralDiscrete => {
+            Box::new(KDpm2AncestralDiscrete::new(config, num_inference_steps)?)
+        }
+        SchedulerKind::LmsDiscrete => Box::new(LmsDiscrete::new(config, num_inference_steps)?),
+        SchedulerKind::UniPcMultistep => {
+            Box::new(UniPcMultistep::new(config, num_inference_steps)?)
+        }
+        SchedulerKind::DeisMultistep => Box::new(DeisMultistep::new(config, num_inference_steps)?),
+        SchedulerKind::DpmSolverSinglestep => {
+            Box::new(DpmSolverSinglestep::new(config, num_inference_steps)?)
+        }
     })
 }
 

@@ -13,13 +13,37 @@ pub enum SchedulerKind {
     EulerDiscrete,
     EulerAncestralDiscrete,
     Ddim,
+    DpmSolverMultistep,
+    Pndm,
+    Ddpm,
+    Lcm,
+    Tcd,
+    HeunDiscrete,
+    KDpm2Discrete,
+    KDpm2AncestralDiscrete,
+    LmsDiscrete,
+    UniPcMultistep,
+    DeisMultistep,
+    DpmSolverSinglestep,
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 3] = [
+    pub const ALL: [SchedulerKind; 15] = [
         SchedulerKind::EulerDiscrete,
         SchedulerKind::EulerAncestralDiscrete,
         SchedulerKind::Ddim,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Pndm,
+        SchedulerKind::Ddpm,
+        SchedulerKind::Lcm,
+        SchedulerKind::Tcd,
+        SchedulerKind::HeunDiscrete,
+        SchedulerKind::KDpm2Discrete,
+        SchedulerKind::KDpm2AncestralDiscrete,
+        SchedulerKind::LmsDiscrete,
+        SchedulerKind::UniPcMultistep,
+        SchedulerKind::DeisMultistep,
+        SchedulerKind::DpmSolverSinglestep,
     ];
 
     pub fn class_name(self) -> &'static str {
@@ -27,6 +51,18 @@ impl SchedulerKind {
             SchedulerKind::EulerDiscrete => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestralDiscrete => "EulerAncestralDiscreteScheduler",
             SchedulerKind::Ddim => "DDIMScheduler",
+            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::Pndm => "PNDMScheduler",
+            SchedulerKind::Ddpm => "DDPMScheduler",
+            SchedulerKind::Lcm => "LCMScheduler",
+            SchedulerKind::Tcd => "TCDScheduler",
+            SchedulerKind::HeunDiscrete => "HeunDiscreteScheduler",
+            SchedulerKind::KDpm2Discrete => "KDPM2DiscreteScheduler",
+            SchedulerKind::KDpm2AncestralDiscrete => "KDPM2AncestralDiscreteScheduler",
+            SchedulerKind::LmsDiscrete => "LMSDiscreteScheduler",
+            SchedulerKind::UniPcMultistep => "UniPCMultistepScheduler",
+            SchedulerKind::DeisMultistep => "DEISMultistepScheduler",
+            SchedulerKind::DpmSolverSinglestep => "DPMSolverSinglestepScheduler",
         }
     }
 
@@ -45,42 +81,174 @@ impl SchedulerKind {
             })
     }
 
-    /// The config keys this class's `__init__` takes (among those tessera models): diffusers
+    /// The config keys this class's `__init__` takes (diffusers 0.42.1's signatures): diffusers
     /// ignores the others, even when they are set.
     fn takes(self, key: &str) -> bool {
-        const COMMON: &[&str] = &[
+        const BETAS: &[&str] = &[
             "num_train_timesteps",
             "beta_start",
             "beta_end",
             "beta_schedule",
             "trained_betas",
             "prediction_type",
-            "timestep_spacing",
-            "steps_offset",
-            "rescale_betas_zero_snr",
         ];
-        const EULER: &[&str] = &[
-            "interpolation_type",
+        const SPACING: &[&str] = &["timestep_spacing", "steps_offset"];
+        // `sigma_min` / `sigma_max` are `__init__` arguments of EulerDiscrete only, but the
+        // other classes' Karras / exponential conversions read them from the config too
+        // (diffusers keeps a file's unknown keys there).
+        const SIGMA_OPTIONS: &[&str] = &[
             "use_karras_sigmas",
             "use_exponential_sigmas",
             "use_beta_sigmas",
             "sigma_min",
             "sigma_max",
-            "timestep_type",
-            "final_sigmas_type",
         ];
-        const DDIM: &[&str] = &[
-            "clip_sample",
-            "clip_sample_range",
-            "set_alpha_to_one",
+        const THRESHOLDING: &[&str] = &[
             "thresholding",
+            "dynamic_thresholding_ratio",
+            "sample_max_value",
         ];
-        COMMON.contains(&key)
-            || match self {
-                SchedulerKind::EulerDiscrete => EULER.contains(&key),
-                SchedulerKind::EulerAncestralDiscrete => false,
-                SchedulerKind::Ddim => DDIM.contains(&key),
-            }
+        let own: &[&[&str]] = match self {
+            SchedulerKind::EulerDiscrete => &[
+                SPACING,
+                SIGMA_OPTIONS,
+                &[
+                    "rescale_betas_zero_snr",
+                    "interpolation_type",
+                    "sigma_min",
+                    "sigma_max",
+                    "timestep_type",
+                    "final_sigmas_type",
+                ],
+            ],
+            SchedulerKind::EulerAncestralDiscrete => &[SPACING, &["rescale_betas_zero_snr"]],
+            SchedulerKind::Ddim => &[
+                SPACING,
+                THRESHOLDING,
+                &[
+                    "rescale_betas_zero_snr",
+                    "clip_sample",
+                    "clip_sample_range",
+                    "set_alpha_to_one",
+                ],
+            ],
+            SchedulerKind::DpmSolverMultistep => &[
+                SPACING,
+                SIGMA_OPTIONS,
+                THRESHOLDING,
+                &[
+                    "rescale_betas_zero_snr",
+                    "solver_order",
+                    "algorithm_type",
+                    "solver_type",
+                    "lower_order_final",
+                    "euler_at_final",
+                    "use_lu_lambdas",
+                    "use_flow_sigmas",
+                    "flow_shift",
+                    "final_sigmas_type",
+                    "lambda_min_clipped",
+                    "variance_type",
+                ],
+            ],
+            SchedulerKind::Pndm => &[SPACING, &["skip_prk_steps", "set_alpha_to_one"]],
+            SchedulerKind::Ddpm => &[
+                SPACING,
+                THRESHOLDING,
+                &[
+                    "rescale_betas_zero_snr",
+                    "variance_type",
+                    "clip_sample",
+                    "clip_sample_range",
+                ],
+            ],
+            SchedulerKind::Lcm | SchedulerKind::Tcd => &[
+                SPACING,
+                THRESHOLDING,
+                &[
+                    "rescale_betas_zero_snr",
+                    "original_inference_steps",
+                    "clip_sample",
+                    "clip_sample_range",
+                    "set_alpha_to_one",
+                    "timestep_scaling",
+                ],
+            ],
+            SchedulerKind::HeunDiscrete => &[
+                SPACING,
+                SIGMA_OPTIONS,
+                &["clip_sample", "clip_sample_range"],
+            ],
+            SchedulerKind::KDpm2Discrete
+            | SchedulerKind::KDpm2AncestralDiscrete
+            | SchedulerKind::LmsDiscrete => &[SPACING, SIGMA_OPTIONS],
+            SchedulerKind::UniPcMultistep => &[
+                SPACING,
+                SIGMA_OPTIONS,
+                THRESHOLDING,
+                &[
+                    "rescale_betas_zero_snr",
+                    "solver_order",
+                    "predict_x0",
+                    "solver_type",
+                    "lower_order_final",
+                    "disable_corrector",
+                    "solver_p",
+                    "use_flow_sigmas",
+                    "flow_shift",
+                    "final_sigmas_type",
+                    "use_dynamic_shifting",
+                    "time_shift_type",
+                    "shift_terminal",
+                ],
+            ],
+            SchedulerKind::DeisMultistep => &[
+                SPACING,
+                SIGMA_OPTIONS,
+                THRESHOLDING,
+                &[
+                    "solver_order",
+                    "algorithm_type",
+                    "solver_type",
+                    "lower_order_final",
+                    "use_flow_sigmas",
+                    "flow_shift",
+                    "use_dynamic_shifting",
+                    "time_shift_type",
+                ],
+            ],
+            // No timestep_spacing / steps_offset / rescale_betas_zero_snr.
+            SchedulerKind::DpmSolverSinglestep => &[
+                SIGMA_OPTIONS,
+                THRESHOLDING,
+                &[
+                    "solver_order",
+                    "algorithm_type",
+                    "solver_type",
+                    "lower_order_final",
+                    "use_flow_sigmas",
+                    "flow_shift",
+                    "final_sigmas_type",
+                    "lambda_min_clipped",
+                    "variance_type",
+                    "use_dynamic_shifting",
+                    "time_shift_type",
+                ],
+            ],
+        };
+        BETAS.contains(&key) || own.iter().any(|keys| keys.contains(&key))
+    }
+
+    /// Whether this class moves a zero-SNR schedule's final `alphas_cumprod` of 0 to float16's
+    /// smallest subnormal (the schedulers that divide by it).
+    pub(crate) fn clamps_zero_snr(self) -> bool {
+        matches!(
+            self,
+            SchedulerKind::EulerDiscrete
+                | SchedulerKind::EulerAncestralDiscrete
+                | SchedulerKind::DpmSolverMultistep
+                | SchedulerKind::UniPcMultistep
+        )
     }
 }
 
@@ -140,6 +308,33 @@ string_option!(
     /// The sigma EulerDiscrete ends on: 0, or the smallest training sigma.
     FinalSigmasType { Zero = "zero", SigmaMin = "sigma_min" }
 );
+string_option!(
+    /// The DPM-Solver family's formulation: data prediction (`++`) or noise prediction, ODE or
+    /// SDE. `deis` is what DEIS uses (DPMSolverMultistep reads it as `dpmsolver++`).
+    AlgorithmType {
+        DpmSolver = "dpmsolver",
+        DpmSolverPlusPlus = "dpmsolver++",
+        SdeDpmSolver = "sde-dpmsolver",
+        SdeDpmSolverPlusPlus = "sde-dpmsolver++",
+        Deis = "deis",
+    }
+);
+string_option!(
+    /// The multistep solvers' second-order rule. Each class maps the others' names onto its own
+    /// (DPM-Solver reads `logrho`, `bh1`, `bh2` as `midpoint`), as diffusers does.
+    SolverType { Midpoint = "midpoint", Heun = "heun", Logrho = "logrho", Bh1 = "bh1", Bh2 = "bh2" }
+);
+string_option!(
+    /// DDPM's posterior variance, or the learned-variance layouts of the model output.
+    VarianceType {
+        FixedSmall = "fixed_small",
+        FixedSmallLog = "fixed_small_log",
+        FixedLarge = "fixed_large",
+        FixedLargeLog = "fixed_large_log",
+        Learned = "learned",
+        LearnedRange = "learned_range",
+    }
+);
 
 /// A scheduler configuration: the class and its options, with diffusers' defaults for the
 /// options the file leaves out. Options a class does not take keep their defaults and are
@@ -178,8 +373,43 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f64,
     /// DDIM only: the "previous" alpha product of the last step is 1 instead of `alphas_cumprod[0]`.
     pub set_alpha_to_one: bool,
-    /// DDIM only: dynamic thresholding, not implemented.
+    /// DDIM and the DPM-Solver family: dynamic thresholding, not implemented.
     pub thresholding: bool,
+    /// Read with `thresholding` only (which is not implemented).
+    pub dynamic_thresholding_ratio: f64,
+    pub sample_max_value: f64,
+    /// Multistep solvers: how many past model outputs a step uses (1 to 3).
+    pub solver_order: usize,
+    pub algorithm_type: AlgorithmType,
+    pub solver_type: SolverType,
+    /// Multistep solvers: lower orders on the last steps of short (< 15 step) schedules.
+    pub lower_order_final: bool,
+    /// DPMSolverMultistep: a first-order last step.
+    pub euler_at_final: bool,
+    /// DPMSolverMultistep: log-sigmas evenly spaced ("Lu lambdas").
+    pub use_lu_lambdas: bool,
+    /// DPMSolverMultistep: flow-matching sigmas, not implemented.
+    pub use_flow_sigmas: bool,
+    pub flow_shift: f64,
+    /// DPMSolverMultistep: the smallest lambda = log(alpha / sigma) the timesteps reach.
+    pub lambda_min_clipped: f64,
+    /// DPMSolverMultistep (`learned`/`learned_range`, not implemented) and DDPM.
+    pub variance_type: Option<VarianceType>,
+    /// PNDM: PLMS steps only, without the Runge-Kutta warm-up.
+    pub skip_prk_steps: bool,
+    /// LCM and TCD: the length of the schedule the model was distilled on.
+    pub original_inference_steps: usize,
+    /// LCM: the timestep's scale in the boundary-condition scalings.
+    pub timestep_scaling: f64,
+    /// UniPC: data prediction (true) or noise prediction.
+    pub predict_x0: bool,
+    /// UniPC: the step indices whose following corrector is skipped.
+    pub disable_corrector: Vec<usize>,
+    /// UniPC: another scheduler as predictor, not implemented (must be null).
+    pub solver_p: Option<Value>,
+    /// UniPC and DPM-Solver: flow-matching shifts, not implemented.
+    pub use_dynamic_shifting: bool,
+    pub shift_terminal: Option<f64>,
     /// The keys set by the file and by [`SchedulerConfig::with`]. Changing `_class_name`
     /// resolves the config again from these, so that the options left out take the new
     /// class's defaults, as diffusers' `NewClass.from_config(old.config)` does.
@@ -275,8 +505,184 @@ impl SchedulerConfig {
                     return unsupported("thresholding");
                 }
             }
+            SchedulerKind::DpmSolverSinglestep => {
+                if self.algorithm_type == AlgorithmType::SdeDpmSolver {
+                    return unsupported("algorithm_type = 'sde-dpmsolver'");
+                }
+                if !(1..=3).contains(&self.solver_order) {
+                    // diffusers: "Order > 3 is not supported by this scheduler".
+                    return unsupported(&format!("solver_order = {}", self.solver_order));
+                }
+                self.check_dpm_options()?;
+            }
+            SchedulerKind::DpmSolverMultistep => {
+                if self.solver_order == 0 {
+                    return unsupported("solver_order = 0");
+                }
+                self.check_dpm_options()?;
+            }
+            SchedulerKind::Pndm => {
+                if self.prediction_type == PredictionType::Sample {
+                    return unsupported("prediction_type = 'sample'");
+                }
+            }
+            SchedulerKind::Ddpm => {
+                if self.thresholding {
+                    return unsupported("thresholding = true");
+                }
+                // `learned*` need a model that predicts its variance too (twice the channels);
+                // diffusers' `fixed_large_log` takes the square root of a logarithm (NaN).
+                if let Some(
+                    v @ (VarianceType::Learned
+                    | VarianceType::LearnedRange
+                    | VarianceType::FixedLargeLog),
+                ) = self.variance_type
+                {
+                    return unsupported(&format!("variance_type = '{}'", v.as_str()));
+                }
+            }
+            SchedulerKind::Lcm => {
+                if self.thresholding {
+                    return unsupported("thresholding = true");
+                }
+            }
+            SchedulerKind::UniPcMultistep => {
+                self.check_sigma_options()?;
+                if self.thresholding && self.predict_x0 {
+                    return unsupported("thresholding = true");
+                }
+                if self.use_flow_sigmas {
+                    return unsupported("use_flow_sigmas = true");
+                }
+                if self.use_dynamic_shifting {
+                    // diffusers' set_timesteps then needs a `mu` no SD pipeline passes.
+                    return unsupported("use_dynamic_shifting = true");
+                }
+                if let Some(v) = self.shift_terminal {
+                    return unsupported(&format!("shift_terminal = {v}"));
+                }
+                if let Some(v) = &self.solver_p {
+                    return unsupported(&format!("solver_p = {v}"));
+                }
+                if self.solver_order == 0 {
+                    return unsupported("solver_order = 0");
+                }
+            }
+            SchedulerKind::DeisMultistep => {
+                self.check_sigma_options()?;
+                // diffusers reads dpmsolver / dpmsolver++ as deis and refuses the SDE ones.
+                if matches!(
+                    self.algorithm_type,
+                    AlgorithmType::SdeDpmSolver | AlgorithmType::SdeDpmSolverPlusPlus
+                ) {
+                    return unsupported(&format!(
+                        "algorithm_type = '{}'",
+                        self.algorithm_type.as_str()
+                    ));
+                }
+                if self.thresholding {
+                    return unsupported("thresholding = true");
+                }
+                if self.use_flow_sigmas {
+                    return unsupported("use_flow_sigmas = true");
+                }
+                if self.solver_order == 0 {
+                    return unsupported("solver_order = 0");
+                }
+            }
+            // TCD's step reads neither thresholding nor clip_sample.
+            SchedulerKind::Tcd => {}
+            SchedulerKind::HeunDiscrete | SchedulerKind::LmsDiscrete => {
+                self.check_sigma_options()?
+            }
+            SchedulerKind::KDpm2Discrete | SchedulerKind::KDpm2AncestralDiscrete => {
+                self.check_sigma_options()?;
+                if self.prediction_type == PredictionType::Sample {
+                    // diffusers raises NotImplementedError for it in `step`.
+                    return unsupported("prediction_type = 'sample'");
+                }
+            }
         }
         Ok(kind)
+    }
+
+    /// The options the DPM-Solver schedulers take but tessera does not implement, and the
+    /// combination diffusers refuses.
+    fn check_dpm_options(&self) -> Result<()> {
+        let unsupported = |what: &str| {
+            Err(Error::Model(format!(
+                "{}: {what} is not supported",
+                self.class_name
+            )))
+        };
+        self.check_sigma_options()?;
+        if self.thresholding {
+            return unsupported("thresholding = true");
+        }
+        if self.use_flow_sigmas {
+            return unsupported("use_flow_sigmas = true");
+        }
+        if self.solver_order == 0 {
+            return unsupported("solver_order = 0");
+        }
+        if let Some(v) = self.variance_type {
+            return unsupported(&format!("variance_type = '{}'", v.as_str()));
+        }
+        // diffusers' own check: the noise-prediction forms cannot end on sigma 0.
+        // (It looks at the value as written: `deis`, which it otherwise reads as
+        // `dpmsolver++`, fails it too.)
+        let algorithm = self.algorithm_type;
+        if !matches!(
+            algorithm,
+            AlgorithmType::DpmSolverPlusPlus | AlgorithmType::SdeDpmSolverPlusPlus
+        ) && self.final_sigmas_type == FinalSigmasType::Zero
+        {
+            return Err(Error::Model(format!(
+                "{}: final_sigmas_type = 'zero' is not possible with algorithm_type = '{}' (diffusers refuses it too); use 'sigma_min'",
+                self.class_name,
+                algorithm.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// At most one of the sigma respacings, and not the beta one (it needs the beta
+    /// distribution's quantile function).
+    fn check_sigma_options(&self) -> Result<()> {
+        let on = [
+            self.use_karras_sigmas,
+            self.use_exponential_sigmas,
+            self.use_beta_sigmas,
+        ];
+        if on.iter().filter(|&&on| on).count() > 1 {
+            return Err(Error::Model(format!(
+                "{}: use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas exclude each other",
+                self.class_name
+            )));
+        }
+        if self.use_beta_sigmas {
+            return Err(Error::Model(format!(
+                "{}: use_beta_sigmas = true is not supported",
+                self.class_name
+            )));
+        }
+        Ok(())
+    }
+
+    /// DPMSolverMultistep's algorithm: diffusers rewrites `deis` to `dpmsolver++`.
+    pub(crate) fn dpm_algorithm(&self) -> AlgorithmType {
+        match self.algorithm_type {
+            AlgorithmType::Deis => AlgorithmType::DpmSolverPlusPlus,
+            other => other,
+        }
+    }
+
+    /// DPM-Solver's second-order rule: diffusers reads UniPC's and DEIS's names as midpoint.
+    pub(crate) fn dpm_solver_type(&self) -> SolverType {
+        match self.solver_type {
+            SolverType::Heun => SolverType::Heun,
+            _ => SolverType::Midpoint,
+        }
     }
 
     fn resolve(given: Map<String, Value>) -> Result<Self> {
@@ -302,15 +708,33 @@ impl SchedulerConfig {
     /// for DDIM's timestep spacing, clipping and final alpha.
     fn defaults(class_name: String, kind: Option<SchedulerKind>) -> Self {
         let ddim = kind == Some(SchedulerKind::Ddim);
+        let pndm = kind == Some(SchedulerKind::Pndm);
+        let ddpm = kind == Some(SchedulerKind::Ddpm);
+        let distilled = matches!(kind, Some(SchedulerKind::Lcm | SchedulerKind::Tcd));
+        // Heun and KDPM2 default to Stable Diffusion's beta range (with a linear schedule).
+        let sd_range = matches!(
+            kind,
+            Some(
+                SchedulerKind::Lcm
+                    | SchedulerKind::Tcd
+                    | SchedulerKind::HeunDiscrete
+                    | SchedulerKind::KDpm2Discrete
+                    | SchedulerKind::KDpm2AncestralDiscrete
+            )
+        );
         SchedulerConfig {
             class_name,
             num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
+            beta_start: if sd_range { 0.00085 } else { 0.0001 },
+            beta_end: if sd_range { 0.012 } else { 0.02 },
+            beta_schedule: if distilled {
+                BetaSchedule::ScaledLinear
+            } else {
+                BetaSchedule::Linear
+            },
             trained_betas: None,
             prediction_type: PredictionType::Epsilon,
-            timestep_spacing: if ddim {
+            timestep_spacing: if ddim || pndm || ddpm || distilled {
                 TimestepSpacing::Leading
             } else {
                 TimestepSpacing::Linspace
@@ -325,10 +749,38 @@ impl SchedulerConfig {
             sigma_max: None,
             timestep_type: TimestepType::Discrete,
             final_sigmas_type: FinalSigmasType::Zero,
-            clip_sample: true,
+            clip_sample: ddim || ddpm || kind.is_none(),
             clip_sample_range: 1.0,
-            set_alpha_to_one: true,
+            set_alpha_to_one: !pndm,
             thresholding: false,
+            dynamic_thresholding_ratio: 0.995,
+            sample_max_value: 1.0,
+            solver_order: 2,
+            algorithm_type: if kind == Some(SchedulerKind::DeisMultistep) {
+                AlgorithmType::Deis
+            } else {
+                AlgorithmType::DpmSolverPlusPlus
+            },
+            solver_type: match kind {
+                Some(SchedulerKind::UniPcMultistep) => SolverType::Bh2,
+                Some(SchedulerKind::DeisMultistep) => SolverType::Logrho,
+                _ => SolverType::Midpoint,
+            },
+            lower_order_final: kind != Some(SchedulerKind::DpmSolverSinglestep),
+            euler_at_final: false,
+            use_lu_lambdas: false,
+            use_flow_sigmas: false,
+            flow_shift: 1.0,
+            lambda_min_clipped: f64::NEG_INFINITY,
+            variance_type: None,
+            skip_prk_steps: false,
+            original_inference_steps: 50,
+            timestep_scaling: 10.0,
+            predict_x0: true,
+            disable_corrector: Vec::new(),
+            solver_p: None,
+            use_dynamic_shifting: false,
+            shift_terminal: None,
             given: Map::new(),
         }
     }
@@ -357,6 +809,34 @@ impl SchedulerConfig {
             "clip_sample_range" => self.clip_sample_range = number(key, value)?,
             "set_alpha_to_one" => self.set_alpha_to_one = flag(key, value)?,
             "thresholding" => self.thresholding = flag(key, value)?,
+            "dynamic_thresholding_ratio" => self.dynamic_thresholding_ratio = number(key, value)?,
+            "sample_max_value" => self.sample_max_value = number(key, value)?,
+            "solver_order" => self.solver_order = count(key, value)?,
+            "algorithm_type" => self.algorithm_type = AlgorithmType::parse(key, value)?,
+            "solver_type" => self.solver_type = SolverType::parse(key, value)?,
+            "lower_order_final" => self.lower_order_final = flag(key, value)?,
+            "euler_at_final" => self.euler_at_final = flag(key, value)?,
+            "use_lu_lambdas" => self.use_lu_lambdas = flag(key, value)?,
+            "use_flow_sigmas" => self.use_flow_sigmas = flag(key, value)?,
+            "flow_shift" => self.flow_shift = number(key, value)?,
+            "lambda_min_clipped" => self.lambda_min_clipped = extended_number(key, value)?,
+            "variance_type" => {
+                self.variance_type = optional(value, |v| VarianceType::parse(key, v))?
+            }
+            "skip_prk_steps" => self.skip_prk_steps = flag(key, value)?,
+            "original_inference_steps" => self.original_inference_steps = count(key, value)?,
+            "timestep_scaling" => self.timestep_scaling = number(key, value)?,
+            "predict_x0" => self.predict_x0 = flag(key, value)?,
+            "disable_corrector" => {
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| bad_value(key, value, "a list of step indices"))?;
+                self.disable_corrector =
+                    items.iter().map(|v| count(key, v)).collect::<Result<_>>()?;
+            }
+            "solver_p" => self.solver_p = optional(value, |v| Ok(v.clone()))?,
+            "use_dynamic_shifting" => self.use_dynamic_shifting = flag(key, value)?,
+            "shift_terminal" => self.shift_terminal = optional(value, |v| number(key, v))?,
             _ => {}
         }
         Ok(())
@@ -373,6 +853,17 @@ fn number(key: &str, value: &Value) -> Result<f64> {
     value
         .as_f64()
         .ok_or_else(|| bad_value(key, value, "a number"))
+}
+
+/// A number, or Python's non-finite floats as strings (`"-Infinity"`, `"Infinity"`, `"NaN"`),
+/// the form a JSON reader that keeps Python's `-Infinity` can hand them over in.
+fn extended_number(key: &str, value: &Value) -> Result<f64> {
+    match value.as_str() {
+        Some("-Infinity") => Ok(f64::NEG_INFINITY),
+        Some("Infinity") => Ok(f64::INFINITY),
+        Some("NaN") => Ok(f64::NAN),
+        _ => number(key, value),
+    }
 }
 
 fn count(key: &str, value: &Value) -> Result<usize> {

@@ -23,7 +23,7 @@ pub(crate) fn alphas_cumprod(config: &SchedulerConfig, kind: SchedulerKind) -> V
         betas = rescale_zero_terminal_snr(&betas);
     }
     let mut alphas_cumprod = cumprod(&one_minus(&betas));
-    if config.rescale_betas_zero_snr && kind != SchedulerKind::Ddim {
+    if config.rescale_betas_zero_snr && kind.clamps_zero_snr() {
         // The Euler schedulers divide by it (sigma = sqrt((1 - a) / a)), so diffusers moves
         // the final zero to float16's smallest subnormal, making the first sigma 4096, not inf.
         if let Some(last) = alphas_cumprod.last_mut() {
@@ -200,6 +200,59 @@ pub(crate) fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
                 stop
             } else if step == 0.0 {
                 // numpy's path for a zero (or denormal-underflowing) step.
+                i as f64 / div * delta + start
+            } else {
+                i as f64 * step + start
+            }
+        })
+        .collect()
+}
+
+/// The DPM-Solver family's integer timesteps (also UniPC's and DEIS's): `n + 1` points of the
+/// spacing over `0..last_timestep` with the last (smallest) dropped, so that the schedule never
+/// reaches timestep 0 except through its final sigma. Trailing spacing steps by
+/// `num_train_timesteps / n` from `last_timestep` down, as diffusers does.
+pub(crate) fn solver_timesteps(
+    config: &SchedulerConfig,
+    n: usize,
+    last_timestep: usize,
+) -> Vec<i64> {
+    match config.timestep_spacing {
+        TimestepSpacing::Linspace => {
+            let mut points = numpy_linspace(0.0, last_timestep as f64 - 1.0, n + 1);
+            points.reverse();
+            points.pop();
+            // numpy rounds, then `astype(int64)` truncates what is left (nothing, or -0.0).
+            points
+                .into_iter()
+                .map(|t| t.round_ties_even() as i64)
+                .collect()
+        }
+        TimestepSpacing::Leading => {
+            let ratio = (last_timestep / (n + 1)) as i64;
+            (1..=n as i64)
+                .rev()
+                .map(|i| i * ratio + config.steps_offset as i64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = config.num_train_timesteps as f64 / n as f64;
+            numpy_arange(last_timestep as f64, 0.0, -ratio)
+                .into_iter()
+                .map(|t| t.round_ties_even() as i64 - 1)
+                .collect()
+        }
+    }
+}
+
+/// `numpy.linspace(start, stop, num, endpoint=False)` in float64.
+pub(crate) fn numpy_linspace_open(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    let div = num as f64;
+    let delta = stop - start;
+    let step = delta / div;
+    (0..num)
+        .map(|i| {
+            if step == 0.0 {
                 i as f64 / div * delta + start
             } else {
                 i as f64 * step + start

@@ -73,3 +73,37 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     let w = ((low as f64 - log_sigma) / (low - high) as f64).clamp(0.0, 1.0);
     (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
 }
+
+/// `_sigma_to_t` as KDPM2 calls it for its interpolated sigmas: with a float32 torch scalar
+/// and the float32 log-sigmas, so numpy and torch compute every step in float32.
+pub(crate) fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f32 {
+    if log_sigmas.len() < 2 {
+        return 0.0;
+    }
+    let log_sigma = sigma.max(1e-10).ln();
+    if log_sigma.is_nan() {
+        return f32::NAN;
+    }
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l >= 0.0)
+        .unwrap_or(0)
+        .min(log_sigmas.len() - 2);
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[low_idx + 1]);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f32 + w * (low_idx + 1) as f32
+}
+
+/// KDPM2's midpoint sigmas: the geometric mean of each sigma and the one before it,
+/// `exp(lerp(log s, log roll(s, 1), 0.5))` in float32 as torch computes it (the first is NaN,
+/// the last 0; neither is used).
+pub(crate) fn geometric_midpoints(sigmas: &[f32]) -> Vec<f32> {
+    let logs: Vec<f32> = sigmas.iter().map(|s| s.ln()).collect();
+    (0..logs.len())
+        .map(|k| {
+            let (start, end) = (logs[k], logs[(k + logs.len() - 1) % logs.len()]);
+            // torch's lerp for weight >= 0.5: end - (end - start) * (1 - weight).
+            (end - (end - start) * 0.5).exp()
+        })
+        .collect()
+}

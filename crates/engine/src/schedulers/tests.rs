@@ -23,6 +23,28 @@ const RELATIVE_TOLERANCE: f64 = 1e-6;
 struct Manifest {
     groups: Vec<Group>,
     sweeps: Vec<Sweep>,
+    sequences: Vec<Sequence>,
+}
+
+/// A stateful run: `add_noise` at `begin`, then every step from `begin` to the end, in order.
+#[derive(Deserialize)]
+struct Sequence {
+    name: String,
+    config: Value,
+    /// The `eta` passed to `step` (TCD's gamma; the pipelines pass 0).
+    eta: f64,
+    runs: Vec<SequenceRun>,
+}
+
+#[derive(Deserialize)]
+struct SequenceRun {
+    steps: usize,
+    begin: usize,
+    prefix: String,
+    /// Whether `scale_model_input` changed the sample (`{prefix}.scaled` is recorded then).
+    scales: bool,
+    /// How many noise tensors each step drew (`{prefix}.step_noise`, all steps' in order).
+    draws: Vec<usize>,
 }
 
 /// One scheduler config and the step counts it was run with.
@@ -210,7 +232,7 @@ fn schedules_match_diffusers() {
                         .sigmas()
                         .to_vec(),
                 ),
-                SchedulerKind::Ddim => None,
+                _ => None,
             };
             if let Some(sigmas) = sigmas {
                 assert_close(
@@ -420,7 +442,7 @@ fn options_of_other_classes_are_ignored() {
 #[test]
 fn unknown_class_is_a_model_error_listing_the_supported_ones() {
     let config = SchedulerConfig::from_value(
-        json!({"_class_name": "PNDMScheduler", "skip_prk_steps": true}),
+        json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "skip_prk_steps": true}),
     )
     .unwrap();
     let err = build(&config, 10).err().unwrap();
@@ -428,7 +450,9 @@ fn unknown_class_is_a_model_error_listing_the_supported_ones() {
         panic!("expected Error::Model, got {err:?}")
     };
     for name in [
+        "FlowMatchEulerDiscreteScheduler",
         "PNDMScheduler",
+        "DPMSolverMultistepScheduler",
         "EulerDiscreteScheduler",
         "EulerAncestralDiscreteScheduler",
         "DDIMScheduler",
@@ -454,7 +478,27 @@ fn step_counts_out_of_range_are_invalid_input() {
                 "{kind:?} with {steps} steps: {err:?}"
             );
         }
-        assert_eq!(build(&config, 1000).unwrap().timesteps().len(), 1000);
+        if matches!(kind, SchedulerKind::Lcm | SchedulerKind::Tcd) {
+            // At most original_inference_steps (50 by default).
+            let err = build(&config, 51).err().unwrap();
+            assert!(matches!(err, Error::InvalidInput(_)), "{kind:?}: {err:?}");
+            assert_eq!(build(&config, 50).unwrap().timesteps().len(), 50);
+            continue;
+        }
+        // PNDM's Runge-Kutta warm-up adds 9 sub-steps (12 timesteps for the last 3).
+        // The second-order schedulers list every timestep but the first twice.
+        let expected = match kind {
+            SchedulerKind::Pndm => 1009,
+            SchedulerKind::HeunDiscrete
+            | SchedulerKind::KDpm2Discrete
+            | SchedulerKind::KDpm2AncestralDiscrete => 1999,
+            _ => 1000,
+        };
+        assert_eq!(
+            build(&config, 1000).unwrap().timesteps().len(),
+            expected,
+            "{kind:?}"
+        );
     }
 }
 
@@ -511,22 +555,517 @@ fn indices_past_the_schedule_are_invalid_input() {
         let config =
             SchedulerConfig::from_value(json!({"_class_name": kind.class_name()})).unwrap();
         let mut scheduler = build(&config, 4).unwrap();
+        let end = scheduler.timesteps().len();
         let x = Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         let mut noise = StepNoise {
             recorded: None,
             draws: 0,
         };
         assert!(matches!(
-            scheduler.scale_model_input(&x, 4),
+            scheduler.scale_model_input(&x, end),
             Err(Error::InvalidInput(_))
         ));
         assert!(matches!(
-            scheduler.step(&x, 4, &x, &mut noise),
+            scheduler.step(&x, end, &x, &mut noise),
             Err(Error::InvalidInput(_))
         ));
         assert!(matches!(
-            scheduler.add_noise(&x, &x, 4),
+            scheduler.add_noise(&x, &x, end),
             Err(Error::InvalidInput(_))
         ));
+    }
+}
+
+/// Recorded per-step noise of a whole sequence, handed out in order.
+struct QueuedNoise {
+    queue: std::collections::VecDeque<Tensor>,
+    draws: usize,
+}
+
+impl NoiseSource for QueuedNoise {
+    fn randn(&mut self, shape: &[usize], tag: &str) -> crate::error::Result<Tensor> {
+        assert_eq!(tag, "scheduler_step");
+        self.draws += 1;
+        let noise = self
+            .queue
+            .pop_front()
+            .expect("the scheduler drew noise that diffusers did not draw");
+        assert_eq!(noise.dims(), shape);
+        Ok(noise)
+    }
+}
+
+/// diffusers' `sigmas` after `set_timesteps`, for the classes that have them.
+fn sequence_sigmas(config: &SchedulerConfig, steps: usize) -> Option<Vec<f32>> {
+    match config.kind().unwrap() {
+        SchedulerKind::DpmSolverMultistep => Some(
+            DpmSolverMultistep::new(config, steps)
+                .unwrap()
+                .sigmas()
+                .to_vec(),
+        ),
+        SchedulerKind::HeunDiscrete => {
+            Some(HeunDiscrete::new(config, steps).unwrap().sigmas().to_vec())
+        }
+        SchedulerKind::KDpm2Discrete => {
+            Some(KDpm2Discrete::new(config, steps).unwrap().sigmas().to_vec())
+        }
+        SchedulerKind::KDpm2AncestralDiscrete => Some(
+            KDpm2AncestralDiscrete::new(config, steps)
+                .unwrap()
+                .sigmas()
+                .to_vec(),
+        ),
+        SchedulerKind::LmsDiscrete => {
+            Some(LmsDiscrete::new(config, steps).unwrap().sigmas().to_vec())
+        }
+        SchedulerKind::UniPcMultistep => Some(
+            UniPcMultistep::new(config, steps)
+                .unwrap()
+                .sigmas()
+                .to_vec(),
+        ),
+        SchedulerKind::DeisMultistep => {
+            Some(DeisMultistep::new(config, steps).unwrap().sigmas().to_vec())
+        }
+        SchedulerKind::DpmSolverSinglestep => Some(
+            DpmSolverSinglestep::new(config, steps)
+                .unwrap()
+                .sigmas()
+                .to_vec(),
+        ),
+        _ => None,
+    }
+}
+
+/// The stateful schedulers over whole runs, from `begin` as img2img starts them: timesteps,
+/// sigmas, `add_noise` at the start, then every `scale_model_input` and `step` in order
+/// (replaying the noise each step drew). Every sequence is checked; the failures are listed
+/// together at the end. `SCHEDULER_REPORT=1` prints each sequence's worst error.
+#[test]
+fn sequences_match_diffusers() {
+    let fx = fixture();
+    assert!(!fx.manifest.sequences.is_empty());
+    let report = std::env::var_os("SCHEDULER_REPORT").is_some();
+    let mut failed = Vec::new();
+    for seq in &fx.manifest.sequences {
+        let mut check = Check::default();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check_sequence(fx, seq, &mut check)
+        }));
+        if report {
+            eprintln!(
+                "{:40} worst {:.2e} at {}",
+                seq.name, check.worst, check.worst_at
+            );
+        }
+        if outcome.is_err() || !check.failures.is_empty() {
+            failed.push(format!("{}: {}", seq.name, check.failures.join("; ")));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "sequences differing from diffusers:\n{}",
+        failed.join("\n")
+    );
+}
+
+/// The relative tolerance of a class's sequences.
+///
+/// 1e-6 where the arithmetic is diffusers' to the rounding of `sqrt`, as for the grid. The
+/// solvers that work in lambda = log(alpha / sigma) (DPM-Solver, UniPC, DEIS) take logs and
+/// exps of float32 scalars: torch's and numpy's float32 `log` are not correctly rounded (about
+/// 5% and 8% of values are an ulp off the true logarithm; Rust's `ln` is correctly rounded),
+/// and the higher-order updates divide differences of those lambdas, so an ulp there moves a
+/// step's output by up to ~1.2e-5 of its magnitude (UniPC order 3, the worst). KDPM2's
+/// midpoint sigmas come from torch's vectorised float32 `log`/`exp` (Sleef, within an ulp or
+/// two), moving its steps by up to ~2e-6.
+fn sequence_tolerance(kind: SchedulerKind) -> f64 {
+    match kind {
+        SchedulerKind::DpmSolverMultistep
+        | SchedulerKind::DpmSolverSinglestep
+        | SchedulerKind::UniPcMultistep
+        | SchedulerKind::DeisMultistep => 5e-5,
+        SchedulerKind::KDpm2Discrete | SchedulerKind::KDpm2AncestralDiscrete => 1e-5,
+        _ => RELATIVE_TOLERANCE,
+    }
+}
+
+/// Collects a sequence's comparisons: its worst relative error and its failures.
+#[derive(Default)]
+struct Check {
+    tolerance: f64,
+    worst: f64,
+    worst_at: String,
+    failures: Vec<String>,
+}
+
+impl Check {
+    /// `actual` against diffusers' `expected`, relative to max(|value|, `floor`); NaN matches
+    /// NaN (diffusers' own degenerate steps).
+    fn close(&mut self, what: &str, actual: &[f32], expected: &[f32], floor: f64) {
+        if actual.len() != expected.len() {
+            self.failures.push(format!(
+                "{what}: {} values, diffusers {}",
+                actual.len(),
+                expected.len()
+            ));
+            return;
+        }
+        for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+            let (a, e) = (a as f64, e as f64);
+            if a.is_nan() && e.is_nan() || a == e {
+                continue;
+            }
+            // NaN against a number counts as infinitely far.
+            let error = match (a - e).abs() / e.abs().max(floor) {
+                x if x.is_nan() => f64::INFINITY,
+                x => x,
+            };
+            if error > self.worst {
+                self.worst = error;
+                self.worst_at = format!("{what}[{i}]");
+            }
+            if error > self.tolerance {
+                self.failures
+                    .push(format!("{what}[{i}]: got {a}, diffusers {e}"));
+                return;
+            }
+        }
+    }
+
+    fn close_tensor(&mut self, what: &str, actual: &[f32], expected: &[f32]) {
+        let magnitude = expected.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+        self.close(what, actual, expected, magnitude);
+    }
+}
+
+fn check_sequence(fx: &Fixture, seq: &Sequence, check: &mut Check) {
+    let config = SchedulerConfig::from_value(seq.config.clone())
+        .unwrap_or_else(|e| panic!("{}: {e}", seq.name));
+    let kind = config
+        .kind()
+        .unwrap_or_else(|e| panic!("{}: {e}", seq.name));
+    check.tolerance = sequence_tolerance(kind);
+    for run in &seq.runs {
+        let prefix = &run.prefix;
+        let what = |field: &str| format!("steps={} begin={}: {field}", run.steps, run.begin);
+        let fresh = || -> Box<dyn Scheduler> {
+            if seq.eta != 0.0 {
+                Box::new(
+                    Tcd::new(&config, run.steps)
+                        .and_then(|s| s.with_eta(seq.eta))
+                        .unwrap(),
+                )
+            } else {
+                build(&config, run.steps).unwrap_or_else(|e| panic!("{}: {e}", what("build")))
+            }
+        };
+        let mut scheduler = fresh();
+        // KDPM2's midpoint timesteps come from float32 logs of float32 midpoints, an ulp of
+        // which moves them by up to ~1e-3 (see `sequence_tolerance`): absolute 1e-3 there.
+        let timestep_floor = match kind {
+            SchedulerKind::KDpm2Discrete | SchedulerKind::KDpm2AncestralDiscrete => {
+                1e-3 / check.tolerance
+            }
+            _ => 1.0,
+        };
+        check.close(
+            &what("timesteps"),
+            &timesteps_f32(scheduler.as_ref()),
+            &fx.values(&format!("{prefix}.timesteps")),
+            timestep_floor,
+        );
+        if let Some(expected) = fx.tensors.get(&format!("{prefix}.sigmas")) {
+            let sigmas = sequence_sigmas(&config, run.steps)
+                .unwrap_or_else(|| panic!("{}", what("no sigmas")));
+            check.close(&what("sigmas"), &sigmas, &to_vec(expected), 0.0);
+        }
+        check.close(
+            &what("init_noise_sigma"),
+            &[scheduler.init_noise_sigma() as f32],
+            &fx.values(&format!("{prefix}.init_noise_sigma")),
+            0.0,
+        );
+        let noisy = scheduler
+            .add_noise(
+                fx.tensor("inputs.original"),
+                fx.tensor("inputs.noise"),
+                run.begin,
+            )
+            .unwrap();
+        check.close_tensor(
+            &what("add_noise"),
+            &to_vec(&noisy),
+            &fx.values(&format!("{prefix}.add_noise")),
+        );
+
+        let recorded = fx.tensors.get(&format!("{prefix}.step_noise"));
+        let queue = match recorded {
+            Some(t) => (0..t.dim(0).unwrap()).map(|k| t.get(k).unwrap()).collect(),
+            None => Default::default(),
+        };
+        let mut noise = QueuedNoise { queue, draws: 0 };
+        let len = scheduler.timesteps().len();
+        assert_eq!(run.draws.len(), len - run.begin, "{}", what("steps"));
+        for (k, i) in (run.begin..len).enumerate() {
+            let what = |field: &str| what(&format!("index {i}: {field}"));
+            let sample = fx.input("inputs.sample", i);
+            let model_output = fx.input("inputs.model_output", i);
+            let scaled = to_vec(&scheduler.scale_model_input(&sample, i).unwrap());
+            let expected_scaled = if run.scales {
+                to_vec(&fx.tensor(&format!("{prefix}.scaled")).get(k).unwrap())
+            } else {
+                to_vec(&sample)
+            };
+            check.close_tensor(&what("scale_model_input"), &scaled, &expected_scaled);
+
+            noise.draws = 0;
+            let prev = scheduler
+                .step(&model_output, i, &sample, &mut noise)
+                .unwrap_or_else(|e| panic!("{}: {e}", what("step")));
+            assert_eq!(noise.draws, run.draws[k], "{}", what("noise draws"));
+            let expected = to_vec(&fx.tensor(&format!("{prefix}.prev")).get(k).unwrap());
+            check.close_tensor(&what("step"), &to_vec(&prev), &expected);
+        }
+
+        // From the seed alone: diffusers drew from `torch.Generator("cpu").manual_seed(steps)`,
+        // so torch's generator reimplemented gives the same steps when the draws come in
+        // diffusers' order and shapes.
+        if run.draws.iter().any(|&d| d > 0) {
+            let mut scheduler = fresh();
+            let mut seeded = crate::noise::TorchCpuNoise::new(run.steps as u64);
+            for (k, i) in (run.begin..len).enumerate() {
+                let sample = fx.input("inputs.sample", i);
+                let model_output = fx.input("inputs.model_output", i);
+                scheduler.scale_model_input(&sample, i).unwrap();
+                let prev = scheduler
+                    .step(&model_output, i, &sample, &mut seeded)
+                    .unwrap();
+                let expected = to_vec(&fx.tensor(&format!("{prefix}.prev")).get(k).unwrap());
+                check.close_tensor(
+                    &what(&format!("index {i}: seeded step")),
+                    &to_vec(&prev),
+                    &expected,
+                );
+            }
+        }
+    }
+}
+
+/// Values the new classes read but tessera does not implement: `Error::Model` naming the key
+/// and the value, as diffusers would compute something else (or fail).
+#[test]
+fn unsupported_options_name_key_and_value() {
+    let cases = [
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true}),
+            "use_flow_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "variance_type": "learned_range"}),
+            "variance_type",
+            "learned_range",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 0}),
+            "solver_order",
+            "0",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}),
+            "final_sigmas_type",
+            "zero",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "prediction_type": "flow_prediction"}),
+            "prediction_type",
+            "flow_prediction",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver+++"}),
+            "algorithm_type",
+            "dpmsolver+++",
+        ),
+        (
+            json!({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "euler"}),
+            "solver_type",
+            "euler",
+        ),
+        (
+            json!({"_class_name": "DPMSolverSinglestepScheduler", "solver_order": 4}),
+            "solver_order",
+            "4",
+        ),
+        (
+            json!({"_class_name": "DPMSolverSinglestepScheduler", "algorithm_type": "sde-dpmsolver"}),
+            "algorithm_type",
+            "sde-dpmsolver",
+        ),
+        (
+            json!({"_class_name": "UniPCMultistepScheduler", "solver_p": {"_class_name": "DDIMScheduler"}}),
+            "solver_p",
+            "DDIMScheduler",
+        ),
+        (
+            json!({"_class_name": "UniPCMultistepScheduler", "use_dynamic_shifting": true}),
+            "use_dynamic_shifting",
+            "true",
+        ),
+        (
+            json!({"_class_name": "UniPCMultistepScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "DEISMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}),
+            "algorithm_type",
+            "sde-dpmsolver++",
+        ),
+        (
+            json!({"_class_name": "PNDMScheduler", "prediction_type": "sample"}),
+            "prediction_type",
+            "sample",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "variance_type": "learned"}),
+            "variance_type",
+            "learned",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "variance_type": "fixed_large_log"}),
+            "variance_type",
+            "fixed_large_log",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"}),
+            "beta_schedule",
+            "sigmoid",
+        ),
+        (
+            json!({"_class_name": "DDPMScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "LCMScheduler", "thresholding": true}),
+            "thresholding",
+            "true",
+        ),
+        (
+            json!({"_class_name": "LCMScheduler", "original_inference_steps": 2000}),
+            "original_inference_steps",
+            "2000",
+        ),
+        (
+            json!({"_class_name": "KDPM2DiscreteScheduler", "prediction_type": "sample"}),
+            "prediction_type",
+            "sample",
+        ),
+        (
+            json!({"_class_name": "KDPM2AncestralDiscreteScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+        (
+            json!({"_class_name": "LMSDiscreteScheduler", "use_beta_sigmas": true}),
+            "use_beta_sigmas",
+            "true",
+        ),
+    ];
+    for (case, key, value) in cases {
+        let err = SchedulerConfig::from_value(case.clone()).and_then(|c| build(&c, 4).map(|_| ()));
+        let err = err.expect_err(&case.to_string());
+        assert!(
+            matches!(&err, Error::Model(m) if m.contains(key) && m.contains(value)),
+            "{case}: {err}"
+        );
+    }
+}
+
+/// A DPM-Solver config as diffusers writes it (DreamShaper-style DPM++ 2M Karras), with the
+/// other classes' keys it ignores; `lambda_min_clipped` as the string a Python-JSON reader may
+/// hand over for `-Infinity`.
+#[test]
+fn reads_a_dpm_solver_repository_config() {
+    let config = SchedulerConfig::from_value(json!({
+        "_class_name": "DPMSolverMultistepScheduler",
+        "_diffusers_version": "0.21.0",
+        "algorithm_type": "dpmsolver++",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": false,
+        "dynamic_thresholding_ratio": 0.995,
+        "euler_at_final": false,
+        "interpolation_type": "linear",
+        "lambda_min_clipped": "-Infinity",
+        "lower_order_final": true,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": false,
+        "skip_prk_steps": true,
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "steps_offset": 1,
+        "thresholding": false,
+        "timestep_spacing": "leading",
+        "trained_betas": null,
+        "use_karras_sigmas": true,
+        "variance_type": null
+    }))
+    .unwrap();
+    assert_eq!(config.kind().unwrap(), SchedulerKind::DpmSolverMultistep);
+    assert_eq!(config.lambda_min_clipped, f64::NEG_INFINITY);
+    assert!(config.use_karras_sigmas && config.lower_order_final);
+    let scheduler = build(&config, 25).unwrap();
+    assert_eq!(scheduler.timesteps().len(), 25);
+    assert_eq!(scheduler.timesteps()[0], 999.0);
+}
+
+/// The second-order schedulers say so, and img2img's start index (`t_start * order`) lands on
+/// the first half of a step.
+#[test]
+fn second_order_schedulers_have_order_two() {
+    for class in [
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+    ] {
+        let config = SchedulerConfig::from_value(json!({ "_class_name": class })).unwrap();
+        let scheduler = build(&config, 10).unwrap();
+        assert_eq!(scheduler.order(), 2, "{class}");
+        assert_eq!(scheduler.timesteps().len(), 19, "{class}");
+    }
+    for kind in SchedulerKind::ALL {
+        let config =
+            SchedulerConfig::from_value(json!({"_class_name": kind.class_name()})).unwrap();
+        let second = matches!(
+            kind,
+            SchedulerKind::HeunDiscrete
+                | SchedulerKind::KDpm2Discrete
+                | SchedulerKind::KDpm2AncestralDiscrete
+        );
+        assert_eq!(
+            build(&config, 10).unwrap().order(),
+            if second { 2 } else { 1 }
+        );
     }
 }
