@@ -26,7 +26,10 @@ pub struct Media {
     /// The seed used to generate the media.
     pub seed: u64,
     /// Whether the media was flagged as NSFW.
+    // Read leniently (a runner that leaves it out flagged nothing), documented as required,
+    // as ai-runner always sends it.
     #[serde(default)]
+    #[schema(required = true)]
     pub nsfw: bool,
 }
 
