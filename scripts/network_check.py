@@ -1,8 +1,10 @@
 """The network end to end across processes, with Livepeer's `livepeer-ai` SDK as the client.
 
 Run by scripts/network_check.sh, which builds tessera and the SDK's virtual environment.
-Starts two orchestrators (a cheap one and a dear one) and a gateway on loopback ports, then
-checks, in order, printing a line per check and stopping at the first failure:
+Starts two orchestrators (a cheap one and a dear one), a gateway and a Live Runner on loopback
+ports, all speaking go-livepeer's Live Runner protocol (heartbeat registration, /discovery,
+/apps/{runner_id}/app proxying), then checks, in order, printing a line per check and
+stopping at the first failure:
 
 1. a result URL downloads the image `tessera edit` makes with the same seed;
 2. the cheaper warm orchestrator gets the job;
@@ -10,7 +12,10 @@ checks, in order, printing a line per check and stopping at the first failure:
 4. a maximum price below every orchestrator is a 503 that says so;
 5. the ledger holds one row per job, with fee = width * height * images * price per pixel;
 6. a restarted gateway still serves old images and old ledger rows;
-7. 16 images: 16 distinct URLs, each the image `tessera edit --num-images 16` makes.
+7. 16 images: 16 distinct URLs, each the image `tessera edit --num-images 16` makes;
+8. a `tessera runner --register-with` the cheap orchestrator is listed in its discovery and
+   serves its model through the gateway; after that orchestrator restarts, the runner
+   registers again by itself; SIGTERM takes it out of discovery at once.
 """
 
 import argparse
@@ -37,6 +42,8 @@ MODEL = "timbrooks/instruct-pix2pix"
 # The same fixture under a second id, offered by both orchestrators, with a gateway maximum
 # price below both: the "no one within the price" case without restarting anything.
 PRICEY_MODEL = "tessera-check/pricey"
+# The same fixture once more, served only by a Live Runner that registers itself.
+LIVE_MODEL = "tessera-check/live"
 CHECKER = "CompVis/stable-diffusion-safety-checker"
 PIXELS_PER_UNIT = 1_000_000
 CHEAP, DEAR = 1.0, 3.0  # USD per megapixel
@@ -137,6 +144,26 @@ def get(url, headers=None):
         return res.read()
 
 
+def discovered(orchestrator, model):
+    """The runner serving `model` in `orchestrator`'s discovery, or None."""
+    app = f"tessera/image-to-image/{model}"
+    for entry in get_json(f"{orchestrator}/discovery"):
+        for runner in entry.get("runners", []):
+            if runner["app"] == app:
+                return runner
+    return None
+
+
+def wait_for(probe, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        check(time.monotonic() < deadline, f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
 def get_json(url, headers=None):
     return json.loads(get(url, headers))
 
@@ -184,6 +211,7 @@ def run(a, cluster):
     hub = work / "hub"
     link_hub_repo(hub, MODEL, fixtures / "models" / "tiny-instruct-pix2pix")
     link_hub_repo(hub, PRICEY_MODEL, fixtures / "models" / "tiny-instruct-pix2pix")
+    link_hub_repo(hub, LIVE_MODEL, fixtures / "models" / "tiny-instruct-pix2pix")
     link_hub_repo(hub, CHECKER, fixtures / "models" / "tiny-safety-checker")
     image_path = fixtures / "inputs" / "square.png"
     width, height = Image.open(image_path).size
@@ -225,7 +253,6 @@ def run(a, cluster):
     usd = lambda per_mp: {"price_per_unit": per_mp, "pixels_per_unit": PIXELS_PER_UNIT, "currency": "USD"}
     config.write_text(json.dumps({
         "orchestrators": [orchestrators["cheap"]["url"], orchestrators["dear"]["url"]],
-        "orchestrator_secret": SECRET,
         "max_price": {"default": usd(5), PRICEY_MODEL: usd(0.5)},
         "api_keys": [API_KEY],
         "storage": {"kind": "local", "path": str(work / "results")},
@@ -292,11 +319,10 @@ def run(a, cluster):
 
     thread = threading.Thread(target=slow_job)
     thread.start()
-    cheap_caps = orchestrators["cheap"]["url"] + "/capabilities"
     deadline = time.monotonic() + 60
     while True:
-        caps = get_json(cheap_caps)
-        if any(m["model_id"] == MODEL and m["free"] == 0 for m in caps["models"]):
+        runner = discovered(orchestrators["cheap"]["url"], MODEL)
+        if runner and runner["capacity_available"] == 0:
             break
         check(time.monotonic() < deadline and thread.is_alive(),
               "the slow job never ran on the cheap orchestrator")
@@ -382,6 +408,33 @@ def run(a, cluster):
     jobs[many_id] = (next(n for n, o in orchestrators.items() if o["url"] == done_by), 16)
     check_ledger(ledger_rows())
     ok("16 images: 16 distinct URLs, each tessera edit --num-images 16's image for its seed; ledger fee for 16")
+
+    # 8. A Live Runner registers itself with the cheap orchestrator.
+    cheap = orchestrators["cheap"]["url"]
+    live_port = free_port()
+    cluster.start("live", ["runner", "--model-id", LIVE_MODEL, "--model-dir", hub,
+                           "--host", "127.0.0.1", "--port", str(live_port),
+                           "--register-with", cheap, "--orch-secret", SECRET,
+                           "--price", "2e-6", "--price-unit", "pixel"])
+    listed = wait_for(lambda: discovered(cheap, LIVE_MODEL), "the Live Runner in discovery")
+    check(listed["mode"] == "single-shot" and listed["price_info"]["unit"] == "pixel",
+          f"the Live Runner is listed as {listed}")
+    time.sleep(1.5)  # a discovery refresh of the gateway
+    live_id, images = image_to_image(seed=7, model=LIVE_MODEL)
+    same_image(download(images[0].url), edit("live7", 7, 1)[0], images[0].url)
+    check(job(live_id)["orchestrator"] == cheap, f"the Live Runner's job: {job(live_id)}")
+    ok(f"a registered Live Runner is listed at {listed['url']} and serves {LIVE_MODEL} through the gateway")
+    cluster.stop("cheap", signal.SIGKILL)
+    cluster.start("cheap", orchestrators["cheap"]["args"])
+    cluster.wait_healthy("cheap", cheap)
+    wait_for(lambda: discovered(cheap, LIVE_MODEL), "the Live Runner back in discovery after the restart")
+    time.sleep(1.5)
+    _, images = image_to_image(seed=8, model=LIVE_MODEL)
+    same_image(download(images[0].url), edit("live8", 8, 1)[0], images[0].url)
+    ok("after its orchestrator restarted, the Live Runner registered again by itself and serves")
+    cluster.stop("live", signal.SIGTERM)
+    check(discovered(cheap, LIVE_MODEL) is None, "the stopped Live Runner is still in discovery")
+    ok("SIGTERM on the Live Runner: gone from discovery at once")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ mod text;
 #[cfg(feature = "http")]
 pub mod auth;
 #[cfg(feature = "http")]
-pub mod capabilities;
-#[cfg(feature = "http")]
 pub mod error;
 #[cfg(feature = "http")]
 pub mod form;
+#[cfg(feature = "http")]
+pub mod live;
 #[cfg(feature = "http")]
 pub mod price;
 #[cfg(feature = "http")]

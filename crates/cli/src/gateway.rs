@@ -16,9 +16,6 @@ pub struct GatewayArgs {
     /// An orchestrator's base URL, added to the config's list (repeatable).
     #[arg(long = "orchestrator")]
     orchestrators: Vec<String>,
-    /// The secret the orchestrators want (overrides the config's).
-    #[arg(long, env = "ORCH_SECRET", hide_env_values = true)]
-    orchestrator_secret: Option<String>,
     #[command(flatten)]
     listen: ListenArgs,
 }
@@ -29,9 +26,6 @@ pub fn run(a: GatewayArgs) -> anyhow::Result<()> {
         None => GatewayConfig::default(),
     };
     config.orchestrators.extend(a.orchestrators);
-    if a.orchestrator_secret.is_some() {
-        config.orchestrator_secret = a.orchestrator_secret;
-    }
     if config.orchestrators.is_empty() {
         anyhow::bail!("no orchestrators: list them in --config or with --orchestrator URL");
     }

@@ -9,13 +9,19 @@ use crate::listen;
 
 #[derive(clap::Args)]
 pub struct OrchestratorArgs {
-    /// The model list, in go-livepeer's aiModels.json format.
-    #[arg(long, env = "AI_MODELS_JSON", default_value = "aiModels.json")]
-    models: PathBuf,
-    /// The secret gateways send as `Authorization: Bearer <secret>`. Without one, anyone
-    /// who reaches the port can run jobs.
+    /// The orchestrator's own models, in go-livepeer's aiModels.json format [default:
+    /// none: it serves the Live Runners that register with --secret].
+    #[arg(long, env = "AI_MODELS_JSON")]
+    models: Option<PathBuf>,
+    /// The secret Live Runners register with (go-livepeer's -orchSecret: the whole
+    /// `Authorization` value of their first heartbeat). Without one, only the models of
+    /// --models are served.
     #[arg(long, env = "ORCH_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// The base URL discovery advertises (go-livepeer's -serviceAddr) [default: the
+    /// address each caller used].
+    #[arg(long)]
+    public_url: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -31,12 +37,21 @@ pub struct OrchestratorArgs {
 }
 
 pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
-    let models = load_models(&a.models)?;
+    let models = match &a.models {
+        Some(path) => load_models(path)?,
+        None => Vec::new(),
+    };
+    if models.is_empty() && a.secret.as_deref().unwrap_or_default().is_empty() {
+        anyhow::bail!(
+            "nothing to serve: give --models, or --secret for Live Runners to register with"
+        );
+    }
     if a.secret.as_deref().unwrap_or_default().is_empty() {
-        tracing::warn!("no --secret: anyone who reaches this port can run jobs");
+        tracing::info!("no --secret: no Live Runner can register; serving --models only");
     }
     let config = OrchestratorConfig {
         secret: a.secret,
+        public_url: a.public_url,
         model_dir: a.engine.model_dir(),
         device: a.engine.device,
         safety_checker: a.engine.safety_checker,

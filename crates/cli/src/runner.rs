@@ -1,10 +1,13 @@
 //! `tessera runner`: one model behind ai-runner's HTTP API, started the way ai-runner's
 //! container is (env `PIPELINE`, `MODEL_ID`, `MODEL_DIR`, `AUTH_TOKEN`, `VERSION`, port
 //! 8000), so that it can replace that container for go-livepeer. Flags override the env.
+//! With `--register-with`, it is also a Live Runner of that orchestrator (go-livepeer's or
+//! tessera's): it registers by heartbeat and unregisters when it stops.
 
 use anyhow::bail;
 use tessera_api::defaults;
-use tessera_runner::{Runner, RunnerConfig};
+use tessera_api::live::{app_for_model, Gpu, PriceInfo};
+use tessera_runner::{Registration, Runner, RunnerConfig};
 
 use crate::args::{EngineArgs, LimitArgs, ListenArgs};
 use crate::listen;
@@ -33,6 +36,41 @@ pub struct RunnerArgs {
     queue_depth: usize,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    live: LiveArgs,
+}
+
+/// Registering with an orchestrator as a Live Runner.
+#[derive(clap::Args)]
+struct LiveArgs {
+    /// The orchestrator to register with (its base URL, e.g. http://orch:8935).
+    #[arg(long, env = "ORCH_URL")]
+    register_with: Option<String>,
+    /// The orchestrator's secret (go-livepeer's -orchSecret).
+    #[arg(
+        long,
+        env = "ORCH_SECRET",
+        hide_env_values = true,
+        requires = "register_with"
+    )]
+    orch_secret: Option<String>,
+    /// The app name to register under [default: tessera/image-to-image/<model id>].
+    #[arg(long)]
+    app: Option<String>,
+    /// Where the orchestrator reaches this runner [default: http://<host>:<port>, with
+    /// 127.0.0.1 for an unspecified host].
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Calls taken at once; past it the orchestrator answers 503.
+    #[arg(long, default_value_t = 1)]
+    capacity: i64,
+    /// The price, in USD per --price-unit.
+    #[arg(long, default_value_t = 0.0)]
+    price: f64,
+    /// `fixed` (per call; what go-livepeer knows) or `pixel` (per input pixel; tessera's
+    /// gateways only).
+    #[arg(long, default_value = "fixed", value_parser = ["fixed", "pixel"])]
+    price_unit: String,
 }
 
 pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
@@ -53,10 +91,65 @@ pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
         queue_depth: a.queue_depth,
         limits: a.limits.limits(),
     };
+    let port = a.listen.port.unwrap_or(defaults::PORT);
+    let registration = match a.live.register_with {
+        None => None,
+        Some(orchestrator_url) => {
+            let Some(secret) = a.live.orch_secret.filter(|s| !s.is_empty()) else {
+                bail!("--register-with needs --orch-secret (or ORCH_SECRET)");
+            };
+            let host = match a.listen.host.as_str() {
+                "0.0.0.0" | "::" => "127.0.0.1",
+                h => h,
+            };
+            Some(Registration {
+                orchestrator_url,
+                secret,
+                runner_url: a
+                    .live
+                    .public_url
+                    .unwrap_or_else(|| format!("http://{host}:{port}")),
+                app: a
+                    .live
+                    .app
+                    .unwrap_or_else(|| app_for_model(&config.model_id)),
+                capacity: a.live.capacity.max(1),
+                price_info: Some(PriceInfo {
+                    price: a.live.price,
+                    currency: "usd".into(),
+                    unit: a.live.price_unit,
+                }),
+                version: env!("CARGO_PKG_VERSION").into(),
+                gpu: gpu(&config.device),
+            })
+        }
+    };
     listen::block_on(async {
-        let port = a.listen.port.unwrap_or(defaults::PORT);
         let listener = listen::bind(&a.listen.host, port).await?;
         let runner = Runner::start(&config)?;
-        tessera_runner::serve_on(listener, runner).await
+        let serving = tessera_runner::serve_on(listener, runner.clone());
+        match registration {
+            None => serving.await,
+            Some(registration) => {
+                let heartbeats = registration.run(runner, tessera_api::shutdown::signal());
+                let (served, ()) = tokio::join!(serving, heartbeats);
+                served
+            }
+        }
+    })
+}
+
+/// What a heartbeat says of the device: a CUDA device by its index, nothing for the CPU.
+fn gpu(device: &str) -> Option<Gpu> {
+    let index = device
+        .strip_prefix("cuda")
+        .map(|n| n.trim_start_matches(':'))?;
+    Some(Gpu {
+        id: Some(if index.is_empty() {
+            "0".into()
+        } else {
+            index.into()
+        }),
+        ..Gpu::default()
     })
 }

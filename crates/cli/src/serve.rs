@@ -1,12 +1,12 @@
 //! `tessera serve`: the whole service in one process, with the embedded defaults: a gateway
-//! on the public port, an orchestrator behind it on a loopback port (reached with a secret
-//! made up at start), and the warm model in an in-process runner. Results are stored in a
+//! on the public port, an orchestrator behind it on a loopback port (the gateway finds the
+//! model in its discovery, as it would a remote one), and the warm model in an in-process
+//! runner. Results are stored in a
 //! local folder and jobs in a SQLite ledger, both under the data directory.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use rand::Rng;
 use serde_json::json;
 use tessera_api::defaults;
 use tessera_gateway::{Gateway, GatewayConfig, StorageConfig};
@@ -54,14 +54,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                  "price_per_unit": 0, "currency": "USD"}])
         .to_string(),
     )?;
-    let secret: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
     let limits = a.limits.limits();
     let orchestrator_config = OrchestratorConfig {
-        secret: Some(secret.clone()),
         model_dir: a.engine.model_dir(),
         device: a.engine.device,
         safety_checker: a.engine.safety_checker,
@@ -69,7 +63,6 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         ..OrchestratorConfig::default()
     };
     let gateway_config = GatewayConfig {
-        orchestrator_secret: Some(secret),
         default_model: a.model_id,
         api_keys: a.api_keys.into_iter().filter(|k| !k.is_empty()).collect(),
         public_base_url: a.public_url,

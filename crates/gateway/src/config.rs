@@ -20,8 +20,6 @@ pub const DEFAULT_PORT: u16 = 8935;
 pub struct GatewayConfig {
     /// Base URLs of the orchestrators to use, e.g. `http://10.0.0.2:8936`.
     pub orchestrators: Vec<String>,
-    /// The secret the orchestrators require (`Authorization: Bearer`).
-    pub orchestrator_secret: Option<String>,
     /// Highest price per model id, and under `"default"` for the others. A model with no
     /// maximum takes any price.
     pub max_price: HashMap<String, UnitPrice>,
@@ -36,7 +34,8 @@ pub struct GatewayConfig {
     pub retention_hours: f64,
     /// The SQLite ledger.
     pub ledger: PathBuf,
-    /// Seconds between `/capabilities` refreshes.
+    /// Seconds between `/discovery` refreshes (go-livepeer's runners heartbeat every 5 s
+    /// and leave discovery 20 s after their last).
     pub refresh_secs: f64,
     /// Orchestrators tried per job, and time limits per try and in all.
     pub max_attempts: u32,
@@ -51,7 +50,6 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             orchestrators: Vec::new(),
-            orchestrator_secret: None,
             max_price: HashMap::new(),
             default_model: defaults::MODEL_ID.into(),
             api_keys: Vec::new(),
@@ -59,7 +57,7 @@ impl Default for GatewayConfig {
             storage: StorageConfig::default(),
             retention_hours: 24.0,
             ledger: PathBuf::from("tessera-data/ledger.sqlite"),
-            refresh_secs: 30.0,
+            refresh_secs: 5.0,
             max_attempts: 3,
             attempt_timeout_secs: 300.0,
             total_timeout_secs: 600.0,
@@ -138,7 +136,6 @@ mod tests {
         let config: GatewayConfig = serde_json::from_str(
             r#"{
               "orchestrators": ["http://10.0.0.2:8936", "http://10.0.0.3:8936"],
-              "orchestrator_secret": "s3cret",
               "max_price": {
                 "default": {"price_per_unit": 3, "pixels_per_unit": 1000000, "currency": "USD"},
                 "org/model": {"price_per_unit": "1.5", "pixels_per_unit": 1e6, "currency": "usd"}

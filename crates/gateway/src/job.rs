@@ -108,7 +108,7 @@ async fn run(
         .map_err(|e| rejected(record, e))?;
     record.model_id = job.model_id.clone();
     record.input_pixels = job.pixels;
-    let candidates = choose(gateway, &job.model_id).map_err(|e| rejected(record, e))?;
+    let candidates = choose(gateway, &job.model_id, job.pixels).map_err(|e| rejected(record, e))?;
     let (candidate, results, secs) = dispatch(gateway, record, &job, candidates).await?;
     let fee = candidate.offer.price.fee(job.pixels);
     record.price_per_pixel = Some(candidate.offer.price.price_per_pixel);
@@ -177,7 +177,7 @@ fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
 }
 
 /// The orchestrators to try, best first; 503 naming the reason when there are none.
-fn choose(gateway: &Gateway, model_id: &str) -> Result<Vec<Candidate>, ApiError> {
+fn choose(gateway: &Gateway, model_id: &str, pixels: u64) -> Result<Vec<Candidate>, ApiError> {
     let registry = &gateway.inner.registry;
     if !registry.offered(model_id) {
         return Err(ApiError::unavailable(format!(
@@ -185,7 +185,7 @@ fn choose(gateway: &Gateway, model_id: &str) -> Result<Vec<Candidate>, ApiError>
         )));
     }
     let max = gateway.max_price(model_id);
-    let ranked = rank(registry.candidates(model_id), max);
+    let ranked = rank(registry.candidates(model_id, pixels), max);
     if ranked.is_empty() {
         let max = max.map_or(String::new(), |m| {
             format!(" ({} {} per pixel)", m.price_per_pixel, m.currency)
@@ -216,7 +216,7 @@ async fn dispatch(
             break;
         }
         record.attempts += 1;
-        record.orchestrator = Some(candidate.url.clone());
+        record.orchestrator = Some(candidate.orchestrator.clone());
         let started = Instant::now();
         match attempt(gateway, &candidate.url, job, per_attempt.min(left)).await {
             Attempt::Done(results) => {
@@ -242,15 +242,12 @@ async fn dispatch(
 
 /// Sends the job to one orchestrator and sorts its answer.
 async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) -> Attempt {
-    let mut request = gateway
+    let request = gateway
         .inner
         .client
         .post(format!("{url}/image-to-image"))
         .timeout(timeout)
         .multipart(to_reqwest(&job.form));
-    if let Some(secret) = gateway.inner.config.orchestrator_secret.as_deref() {
-        request = request.bearer_auth(secret);
-    }
     let answer = match request.send().await {
         Ok(a) => a,
         Err(e) if e.is_timeout() => return Attempt::Failed(format!("no answer in {timeout:?}")),

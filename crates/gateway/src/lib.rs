@@ -56,7 +56,7 @@ struct Inner {
 }
 
 impl Gateway {
-    /// Opens the result store and the ledger, asks the orchestrators for their capabilities
+    /// Opens the result store and the ledger, asks the orchestrators for their runners
     /// once, and keeps refreshing them (and sweeping old results) in the background.
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
         config.check()?;
@@ -82,7 +82,7 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Asks every orchestrator for its capabilities now.
+    /// Asks every orchestrator for its runners now.
     pub async fn refresh(&self) {
         self.inner.registry.refresh(&self.inner.client).await;
     }
@@ -217,6 +217,20 @@ async fn job_record(
     }
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "OK"}))
+/// `OK` while some ready runner serves the default model (asking the orchestrators again
+/// when none does), else a 503: a load balancer should not send jobs here.
+async fn health(State(gateway): State<Gateway>) -> Response {
+    let model = &gateway.inner.config.default_model;
+    if !gateway.inner.registry.offered(model) {
+        gateway.refresh().await;
+    }
+    if gateway.inner.registry.offered(model) {
+        Json(json!({"status": "OK"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "ERROR", "detail": {"msg": format!("no ready runner serves {model}")}})),
+        )
+            .into_response()
+    }
 }

@@ -1,17 +1,31 @@
-//! Choosing orchestrators for a job: never above the maximum price; warm models first,
-//! then faster, then cheaper.
+//! Choosing runners for a job: never above the maximum price; warm models first, then
+//! faster, then cheaper.
 
-use tessera_api::capabilities::OfferedModel;
 use tessera_api::price::PixelPrice;
 
-/// An orchestrator offering the job's model.
+/// A runner serving the job's model, as an orchestrator's discovery lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
+    /// The runner's URL in discovery: the orchestrator's `/apps/{runner_id}/app`.
     pub url: String,
-    pub offer: OfferedModel,
-    /// Seconds per input pixel per step on this orchestrator and model, learned from
-    /// completed jobs; `None` until one completes.
+    /// The orchestrator listing it, as configured (what the ledger records).
+    pub orchestrator: String,
+    pub offer: Offer,
+    /// Seconds per input pixel per step on this runner and model, learned from completed
+    /// jobs; `None` until one completes.
     pub latency_score: Option<f64>,
+}
+
+/// What a runner offers a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// Loaded now; cold models load on their first call. Warm ones come first.
+    pub warm: bool,
+    /// Per input pixel of this job (a `fixed` price spread over its pixels).
+    pub price: PixelPrice,
+    /// Calls taken at once, and how many are free as discovery last said.
+    pub capacity: i64,
+    pub free: i64,
 }
 
 /// Latency scores are compared in steps of this factor (on a log scale): smaller
@@ -19,8 +33,8 @@ pub struct Candidate {
 const SCORE_STEP: f64 = 1.25;
 
 /// The candidates to try, in order: those within `max` (any price when `None`), warm
-/// before cold, then by latency score, then by price. An orchestrator with no score yet
-/// comes first among its peers: one job is how it gets measured.
+/// before cold, then by latency score, then by price. A runner with no score yet comes
+/// first among its peers: one job is how it gets measured.
 pub fn rank(candidates: Vec<Candidate>, max: Option<&PixelPrice>) -> Vec<Candidate> {
     let mut usable: Vec<Candidate> = candidates
         .into_iter()
@@ -57,9 +71,8 @@ mod tests {
     fn candidate(url: &str, warm: bool, price: f64, score: Option<f64>) -> Candidate {
         Candidate {
             url: url.into(),
-            offer: OfferedModel {
-                pipeline: "image-to-image".into(),
-                model_id: "a/b".into(),
+            orchestrator: url.into(),
+            offer: Offer {
                 warm,
                 price: PixelPrice::from_unit(price, 1.0, Currency::Usd).unwrap(),
                 capacity: 1,

@@ -29,14 +29,23 @@ fn cold(model_id: &str) -> Value {
            "price_per_unit": 1, "currency": "USD"})
 }
 
+/// Whether each model is warm, as discovery's metadata says, in model id order.
 async fn warm_flags(orchestrator: &str) -> Vec<bool> {
-    let (_, caps) = get_json(&format!("{orchestrator}/capabilities"), None).await;
-    caps["models"]
+    let (_, listed) = get_json(&format!("{orchestrator}/discovery"), None).await;
+    let mut flags: Vec<(String, bool)> = listed[0]["runners"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["warm"].as_bool().unwrap())
-        .collect()
+        .map(|r| {
+            let meta: Value = serde_json::from_str(r["metadata"].as_str().unwrap()).unwrap();
+            (
+                meta["model_id"].as_str().unwrap().to_owned(),
+                meta["warm"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    flags.sort();
+    flags.into_iter().map(|(_, warm)| warm).collect()
 }
 
 #[tokio::test]
@@ -160,12 +169,14 @@ async fn in_process_runners_take_the_orchestrators_limits() {
     ];
 
     let strict = orchestrator(json!([cold("tessera/tiny-a")]), config(11)).await;
-    let (status, _, body) = post_job(&strict, form(square_png(), &fields), Some(SECRET)).await;
+    let strict = runner_url(&strict, "tessera/tiny-a").await;
+    let (status, _, body) = post_job(&strict, form(square_png(), &fields), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(msg(&body).contains("num_images_per_prompt"), "{body}");
 
     let roomy = orchestrator(json!([cold("tessera/tiny-a")]), config(12)).await;
-    let (status, _, body) = post_job(&roomy, form(square_png(), &fields), Some(SECRET)).await;
+    let roomy = runner_url(&roomy, "tessera/tiny-a").await;
+    let (status, _, body) = post_job(&roomy, form(square_png(), &fields), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let seeds: Vec<u64> = body["images"]
         .as_array()

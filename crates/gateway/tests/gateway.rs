@@ -140,13 +140,12 @@ async fn failures_and_insufficient_capacity_move_the_job_to_the_next_orchestrato
     let o_busy = orchestrator_for(&busy, true, 2.0).await;
     let o_good = orchestrator_for(&good, true, 3.0).await;
 
-    // Fill the busy orchestrator's one slot with a job sent to it directly.
+    // Fill the busy orchestrator's one slot with a job sent to its runner directly.
+    let busy_url = runner_url(&o_busy, "org/model").await;
     let direct = tokio::spawn({
-        let o_busy = o_busy.clone();
         async move {
             reqwest::Client::new()
-                .post(format!("{o_busy}/image-to-image"))
-                .bearer_auth(SECRET)
+                .post(format!("{busy_url}/image-to-image"))
                 .multipart(form(input_png(4, 4), &[("model_id", "org/model")]))
                 .send()
                 .await
@@ -157,9 +156,11 @@ async fn failures_and_insufficient_capacity_move_the_job_to_the_next_orchestrato
     while busy.hits() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (status, body) = get_json(&format!("{o_busy}/capabilities"), None).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["models"][0]["free"], 0);
+    let runner = discovered(&o_busy, "org/model").await;
+    assert_eq!(
+        (&runner["capacity_used"], &runner["capacity_available"]),
+        (&json!(1), &json!(0))
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(gateway_config(dir.path(), &[&o_good, &o_busy, &o_failing])).await;
@@ -407,7 +408,7 @@ async fn bad_requests_are_refused_with_the_reason_and_recorded() {
 }
 
 #[tokio::test]
-async fn the_orchestrator_advertises_prices_and_guards_jobs_with_the_secret() {
+async fn the_orchestrator_lists_its_models_in_discovery_and_proxies_calls_to_them() {
     let runner = fake_runner(Behaviour::Answer { tag: 1 }, Some("runner-token")).await;
     let o = orchestrator(
         json!([{"pipeline": "image-to-image", "model_id": "org/model", "warm": true,
@@ -416,29 +417,25 @@ async fn the_orchestrator_advertises_prices_and_guards_jobs_with_the_secret() {
         OrchestratorConfig::default(),
     )
     .await;
-    let (status, caps) = get_json(&format!("{o}/capabilities"), None).await;
+    let (status, listed) = get_json(&format!("{o}/discovery"), None).await;
     assert_eq!(status, StatusCode::OK);
+    let url = listed[0]["runners"][0]["url"].as_str().unwrap().to_owned();
+    let id = url
+        .strip_prefix(&format!("{o}/apps/"))
+        .and_then(|rest| rest.strip_suffix("/app"))
+        .unwrap_or_else(|| panic!("{url} is not {o}/apps/<id>/app"));
+    assert!(id.starts_with("runner_"), "{id}");
     assert_eq!(
-        caps,
-        json!({"models": [{"pipeline": "image-to-image", "model_id": "org/model", "warm": true,
-                           "price_per_pixel": 0.75, "currency": "USD", "capacity": 2, "free": 2}]})
+        listed,
+        json!([{"address": o, "runners": [{
+            "url": url, "app": "tessera/image-to-image/org/model",
+            "metadata": r#"{"model_id":"org/model","warm":true}"#, "mode": "single-shot",
+            "capacity": 2, "capacity_used": 0, "capacity_available": 2,
+            "price_info": {"price": 0.75, "currency": "usd", "unit": "pixel"}}]}])
     );
-    for key in [None, Some("wrong")] {
-        let req = reqwest::Client::new()
-            .post(format!("{o}/image-to-image"))
-            .multipart(form(input_png(4, 4), &[]));
-        let req = match key {
-            Some(k) => req.bearer_auth(k),
-            None => req,
-        };
-        let res = req.send().await.unwrap();
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    }
-    assert_eq!(runner.hits(), 0);
-    // With the secret, the job reaches the runner with the runner's own token.
+    // A call reaches the runner with the runner's own token.
     let res = reqwest::Client::new()
-        .post(format!("{o}/image-to-image"))
-        .bearer_auth(SECRET)
+        .post(format!("{url}/image-to-image"))
         .multipart(form(input_png(4, 4), &[]))
         .send()
         .await
@@ -446,16 +443,121 @@ async fn the_orchestrator_advertises_prices_and_guards_jobs_with_the_secret() {
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["images"].as_array().unwrap().len(), 1);
-    // A model it does not serve is not found there.
+    // A runner it does not know is go-livepeer's 404.
     let res = reqwest::Client::new()
-        .post(format!("{o}/image-to-image"))
-        .bearer_auth(SECRET)
-        .multipart(form(input_png(4, 4), &[("model_id", "org/else")]))
+        .post(format!("{o}/apps/runner_nobody/app/image-to-image"))
+        .multipart(form(input_png(4, 4), &[]))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.text().await.unwrap(), "runner not found\n");
     assert_eq!(runner.hits(), 1);
+}
+
+/// A runner registering by heartbeat as go-livepeer's Live Runner protocol has it: listed in
+/// discovery once it says it is ready, called through the orchestrator with its session
+/// headers, gone at once when it unregisters.
+#[tokio::test]
+async fn live_runners_register_are_discovered_are_called_and_unregister() {
+    let runner = fake_runner(Behaviour::Block { tag: 3 }, None).await;
+    let o = orchestrator(json!([]), OrchestratorConfig::default()).await;
+    let client = reqwest::Client::new();
+    let heartbeat = |auth: &str, body: Value| {
+        client
+            .post(format!("{o}/runners/heartbeat"))
+            .header("authorization", auth)
+            .json(&body)
+            .send()
+    };
+    let body = json!({"runner_url": runner.url, "app": "tessera/image-to-image/org/model",
+                      "mode": "single-shot", "capacity": 1, "status": "ready",
+                      "price_info": {"price": "0.25", "currency": "USD", "unit": "fixed"}});
+    let res = heartbeat("wrong", body.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.text().await.unwrap(),
+        "invalid registration authorization\n"
+    );
+    let answer: Value = heartbeat(SECRET, body.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) = (
+        answer["runner_id"].as_str().unwrap().to_owned(),
+        answer["heartbeat_secret"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(
+        (&answer["heartbeat_interval"], &answer["heartbeat_ttl"]),
+        (&json!("5s"), &json!("20s"))
+    );
+    assert_eq!(answer["session_ids"], json!([]));
+    let mut again = body.clone();
+    again["runner_id"] = json!(id);
+    let res = heartbeat(&secret, again.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let listed = discovered(&o, "org/model").await;
+    assert_eq!(listed["url"], json!(format!("{o}/apps/{id}/app")));
+    assert_eq!(
+        listed["price_info"],
+        json!({"price": 0.25, "currency": "usd", "unit": "fixed"})
+    );
+
+    // Capacity 1: a second call while the first runs is go-livepeer's 503.
+    let url = format!("{o}/apps/{id}/app/image-to-image");
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .multipart(form(input_png(4, 4), &[]))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    while runner.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = client
+        .post(&url)
+        .multipart(form(input_png(4, 4), &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        second.text().await.unwrap(),
+        "no capacity available for runner\n"
+    );
+    runner.release();
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(runner.hits(), 1);
+
+    // Through a gateway, priced per job.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(gateway_config(dir.path(), &[&o])).await;
+    let (status, id_job, body) = post_job(&gw, form(input_png(4, 4), &[]), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ledger_row(&gw, &id_job, None).await["fee"], 0.25);
+
+    // Unregistered: gone from discovery at once, and the secret is spent.
+    let res = client
+        .post(format!("{o}/runners/{id}/unregister"))
+        .header("authorization", &secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let (_, listed) = get_json(&format!("{o}/discovery"), None).await;
+    assert_eq!(listed, json!([{"address": o}]));
+    assert_eq!(
+        heartbeat(&secret, again).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]

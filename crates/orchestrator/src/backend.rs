@@ -1,15 +1,15 @@
-//! What runs an orchestrator's jobs: in-process `tessera_runner::Runner`s (called through
-//! the runner's own router as a tower service) and external runners over HTTP. Both get
-//! the job's multipart form as the gateway sent it, and both answer with the runner's
-//! response, so the orchestrator handles them alike.
+//! What runs an orchestrator's calls: in-process `tessera_runner::Runner`s (called through
+//! the runner's own router as a tower service) and runners over HTTP (registered ones, and
+//! the external runners of the model list). Both get the call as the client sent it and
+//! answer with the runner's response, so the orchestrator handles them alike.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use futures::StreamExt;
 use tessera_engine::hub::ModelStore;
 use tessera_engine::safety::SharedSafetyChecker;
 use tessera_runner::{Runner, RunnerConfig};
@@ -73,60 +73,99 @@ impl Backends {
         Ok(())
     }
 
-    /// Sends the form to an external runner with its token; an unreachable or timed-out
+    /// Proxies `request` to `base_url` + `/` + `path` (and its query), streaming the body
+    /// both ways, with `token` as the bearer when set (ai-runner's `AUTH_TOKEN` of an
+    /// external runner). A body past `max_body` is cut off; an unreachable or timed-out
     /// runner is a 502 naming it.
-    pub(super) async fn forward_external(
+    pub(super) async fn proxy(
         &self,
-        url: &str,
+        base_url: &str,
         token: Option<&str>,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Result<Response, ApiError> {
-        let mut request = self
+        path: &str,
+        request: Request<Body>,
+        max_body: usize,
+    ) -> Response {
+        let (parts, body) = request.into_parts();
+        let mut url = format!("{}/{}", base_url.trim_end_matches('/'), path);
+        if let Some(query) = parts.uri.query() {
+            url.push('?');
+            url.push_str(query);
+        }
+        let body = http_body_util::Limited::new(body, max_body);
+        let stream = http_body_util::BodyStream::new(body).filter_map(|frame| async move {
+            match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok::<_, std::io::Error>),
+                Err(e) => Some(Err(std::io::Error::other(e))),
+            }
+        });
+        let mut upstream = self
             .client
-            .post(format!("{url}/image-to-image"))
+            .request(parts.method, &url)
             .timeout(self.config.runner_timeout)
-            .body(body);
-        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-            request = request.header(header::CONTENT_TYPE, ct);
-        }
+            .headers(forwarded_headers(&parts.headers))
+            .body(reqwest::Body::wrap_stream(stream));
         if let Some(token) = token.filter(|t| !t.is_empty()) {
-            request = request.bearer_auth(token);
+            upstream = upstream.bearer_auth(token);
         }
-        let failed = |e: reqwest::Error| {
-            tracing::warn!(runner = url, error = %e, "external runner failed");
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("the runner at {url} failed: {e}"),
-            )
+        let answer = match upstream.send().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(runner = base_url, error = %e, "runner call failed");
+                return ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the runner at {base_url} failed: {e}"),
+                )
+                .into_response();
+            }
         };
-        let answer = request.send().await.map_err(failed)?;
-        let status = answer.status();
-        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-        let bytes = answer.bytes().await.map_err(failed)?;
-        let mut response = (status, bytes).into_response();
-        if let Some(ct) = content_type {
-            response.headers_mut().insert(header::CONTENT_TYPE, ct);
+        let mut response = Response::builder().status(answer.status());
+        if let Some(headers) = response.headers_mut() {
+            *headers = forwarded_headers(answer.headers());
         }
-        Ok(response)
+        response
+            .body(Body::from_stream(answer.bytes_stream()))
+            .unwrap_or_else(|e| ApiError::internal("cannot pass the answer on", e).into_response())
     }
 }
 
-/// Sends the form to an in-process runner through its router.
-pub(super) async fn forward_local(runner: Runner, headers: &HeaderMap, body: Bytes) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let request = Request::post("/image-to-image")
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body));
-    match request {
-        Ok(request) => match tessera_runner::router(runner).oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        },
-        Err(e) => ApiError::internal("cannot build the runner request", e).into_response(),
+/// The headers of a proxied request or answer: all but the hop-by-hop ones, which belong
+/// to one connection (RFC 9110 §7.6.1), and `Host`, which the client sets for the upstream.
+fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    ];
+    headers
+        .iter()
+        .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// Calls an in-process runner through its own router, at `/` + `path` with the query.
+pub(super) async fn call_local(runner: Runner, path: &str, request: Request<Body>) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("/{path}?{q}"),
+        None => format!("/{path}"),
+    };
+    match path_and_query.parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(e) => return ApiError::bad_request(format!("not a usable path: {e}")).into_response(),
+    }
+    match tessera_runner::router(runner)
+        .oneshot(Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => response,
+        Err(never) => match never {},
     }
 }
 

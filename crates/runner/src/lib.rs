@@ -17,6 +17,7 @@ mod config;
 mod decode;
 mod engine_error;
 mod hardware;
+mod live;
 mod metrics;
 mod model;
 mod routes;
@@ -26,6 +27,7 @@ mod worker;
 use tokio::net::TcpListener;
 
 pub use config::RunnerConfig;
+pub use live::Registration;
 pub use model::{Generated, ImageRequest, Model};
 pub use routes::{router, ApiDoc};
 pub use state::Runner;

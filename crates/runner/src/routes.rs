@@ -42,6 +42,9 @@ pub fn router(runner: Runner) -> Router {
     let inference = Router::new()
         .route("/image-to-image", post(image_to_image))
         .route("/image-to-image/", post(image_to_image))
+        // A Live Runner is called at the path its orchestrator's discovery URL ends in: the
+        // SDK's `call_runner` posts (JSON) to that URL itself, which lands here.
+        .route("/", post(image_to_image))
         .route_layer(middleware::from_fn_with_state(
             runner.clone(),
             require_bearer,

@@ -22,7 +22,7 @@ use tessera_orchestrator::{parse_models, Orchestrator, OrchestratorConfig};
 pub use tessera_testkit::{get_json, msg, png as input_png};
 use tokio::net::TcpListener;
 
-/// The secret the test gateways and orchestrators share.
+/// The secret Live Runners register with at the test orchestrators.
 pub const SECRET: &str = "orchestrator-secret";
 
 /// What a fake runner does with a job.
@@ -164,7 +164,8 @@ pub fn external(
            "url": runner})
 }
 
-/// An orchestrator serving `models` (a JSON model list), wanting [`SECRET`].
+/// An orchestrator serving `models` (a JSON model list), taking registrations with
+/// [`SECRET`].
 pub async fn orchestrator(models: Value, config: OrchestratorConfig) -> String {
     let models = parse_models(&models.to_string()).unwrap();
     let config = OrchestratorConfig {
@@ -184,11 +185,31 @@ pub async fn orchestrator_for(runner: &FakeRunner, warm: bool, price: f64) -> St
     .await
 }
 
+/// The URL of the runner serving `model_id` in `orchestrator`'s discovery (what a gateway
+/// calls: `<orchestrator>/apps/<runner_id>/app`).
+pub async fn runner_url(orchestrator: &str, model_id: &str) -> String {
+    let runner = discovered(orchestrator, model_id).await;
+    runner["url"].as_str().unwrap().to_owned()
+}
+
+/// The discovery entry of the runner serving `model_id`; panics when none is listed.
+pub async fn discovered(orchestrator: &str, model_id: &str) -> Value {
+    let (status, body) = get_json(&format!("{orchestrator}/discovery"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let app = tessera_api::live::app_for_model(model_id);
+    body[0]["runners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["app"] == app.as_str())
+        .unwrap_or_else(|| panic!("no runner for {model_id} in {body}"))
+        .clone()
+}
+
 /// A gateway config over `orchestrators`, storing under `dir`.
 pub fn gateway_config(dir: &Path, orchestrators: &[&str]) -> GatewayConfig {
     GatewayConfig {
         orchestrators: orchestrators.iter().map(|s| s.to_string()).collect(),
-        orchestrator_secret: Some(SECRET.into()),
         default_model: "org/model".into(),
         storage: tessera_gateway::StorageConfig::Local {
             path: dir.join("results"),
