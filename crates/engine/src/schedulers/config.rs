@@ -357,13 +357,15 @@ pub struct SchedulerConfig {
     pub rescale_betas_zero_snr: bool,
     /// EulerDiscrete only.
     pub interpolation_type: InterpolationType,
-    /// EulerDiscrete only: Karras et al. (2022) sigmas, with timesteps interpolated back.
+    /// The sigma-based classes: Karras et al. (2022) sigmas, with timesteps mapped back.
     pub use_karras_sigmas: bool,
-    /// EulerDiscrete only: sigmas evenly spaced in log space.
+    /// The sigma-based classes: sigmas evenly spaced in log space.
     pub use_exponential_sigmas: bool,
-    /// EulerDiscrete only: not implemented (it needs the beta distribution's quantiles).
+    /// The sigma-based classes: sigmas at the quantiles of a Beta(0.6, 0.6) distribution.
     pub use_beta_sigmas: bool,
-    /// EulerDiscrete only: bounds for Karras / exponential sigmas (default: the schedule's own).
+    /// Bounds for Karras / exponential / beta sigmas (default: the schedule's own). An
+    /// `__init__` argument of EulerDiscrete and UniPC only, but the others read it from the
+    /// config too.
     pub sigma_min: Option<f64>,
     pub sigma_max: Option<f64>,
     pub timestep_type: TimestepType,
@@ -476,20 +478,7 @@ impl SchedulerConfig {
         }
         match kind {
             SchedulerKind::EulerDiscrete => {
-                let sigma_options = [
-                    self.use_karras_sigmas,
-                    self.use_exponential_sigmas,
-                    self.use_beta_sigmas,
-                ];
-                if sigma_options.iter().filter(|&&on| on).count() > 1 {
-                    return Err(Error::Model(format!(
-                        "{}: use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas exclude each other",
-                        self.class_name
-                    )));
-                }
-                if self.use_beta_sigmas {
-                    return unsupported("use_beta_sigmas");
-                }
+                self.check_sigma_options()?;
                 if self.interpolation_type == InterpolationType::LogLinear {
                     return unsupported("interpolation_type 'log_linear'");
                 }
@@ -625,8 +614,11 @@ impl SchedulerConfig {
         if self.solver_order == 0 {
             return unsupported("solver_order = 0");
         }
-        if let Some(v) = self.variance_type {
-            return unsupported(&format!("variance_type = '{}'", v.as_str()));
+        // Only read for epsilon prediction: the model's extra variance channels are dropped.
+        if let Some(v @ (VarianceType::Learned | VarianceType::LearnedRange)) = self.variance_type {
+            if self.prediction_type == PredictionType::Epsilon {
+                return unsupported(&format!("variance_type = '{}'", v.as_str()));
+            }
         }
         // diffusers' own check: the noise-prediction forms cannot end on sigma 0.
         // (It looks at the value as written: `deis`, which it otherwise reads as
@@ -646,8 +638,7 @@ impl SchedulerConfig {
         Ok(())
     }
 
-    /// At most one of the sigma respacings, and not the beta one (it needs the beta
-    /// distribution's quantile function).
+    /// At most one of the sigma respacings.
     fn check_sigma_options(&self) -> Result<()> {
         let on = [
             self.use_karras_sigmas,
@@ -657,12 +648,6 @@ impl SchedulerConfig {
         if on.iter().filter(|&&on| on).count() > 1 {
             return Err(Error::Model(format!(
                 "{}: use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas exclude each other",
-                self.class_name
-            )));
-        }
-        if self.use_beta_sigmas {
-            return Err(Error::Model(format!(
-                "{}: use_beta_sigmas = true is not supported",
                 self.class_name
             )));
         }

@@ -14,7 +14,7 @@ use super::config::{
     SolverType,
 };
 use super::schedule::{alphas_cumprod, check_steps, numpy_linspace, solver_timesteps};
-use super::sigmas::{exponential, karras, sigma_to_t, train_sigmas};
+use super::sigmas::{beta, exponential, karras, sigma_to_t, train_sigmas};
 use super::{check_index, div, f32_tensor, mul, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
@@ -95,6 +95,9 @@ pub(super) fn solver_schedule(
         (back_to_t(&sigmas, rounded), sigmas)
     } else if config.use_exponential_sigmas {
         let sigmas = exponential(min, max, n);
+        (back_to_t(&sigmas, false), sigmas)
+    } else if config.use_beta_sigmas {
+        let sigmas = beta(min, max, n);
         (back_to_t(&sigmas, false), sigmas)
     } else {
         let timesteps = solver_timesteps(config, n, last_timestep);

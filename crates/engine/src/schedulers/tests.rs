@@ -506,7 +506,6 @@ fn step_counts_out_of_range_are_invalid_input() {
 fn unsupported_options_are_model_errors() {
     let cases = [
         json!({"_class_name": "EulerAncestralDiscreteScheduler", "prediction_type": "sample"}),
-        json!({"_class_name": "EulerDiscreteScheduler", "use_beta_sigmas": true}),
         json!({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": true, "use_exponential_sigmas": true}),
         json!({"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"}),
         json!({"_class_name": "DDIMScheduler", "thresholding": true}),
@@ -598,6 +597,9 @@ impl NoiseSource for QueuedNoise {
 /// diffusers' `sigmas` after `set_timesteps`, for the classes that have them.
 fn sequence_sigmas(config: &SchedulerConfig, steps: usize) -> Option<Vec<f32>> {
     match config.kind().unwrap() {
+        SchedulerKind::EulerDiscrete => {
+            Some(EulerDiscrete::new(config, steps).unwrap().sigmas().to_vec())
+        }
         SchedulerKind::DpmSolverMultistep => Some(
             DpmSolverMultistep::new(config, steps)
                 .unwrap()
@@ -864,11 +866,6 @@ fn unsupported_options_name_key_and_value() {
             "true",
         ),
         (
-            json!({"_class_name": "DPMSolverMultistepScheduler", "use_beta_sigmas": true}),
-            "use_beta_sigmas",
-            "true",
-        ),
-        (
             json!({"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true}),
             "use_flow_sigmas",
             "true",
@@ -972,21 +969,6 @@ fn unsupported_options_name_key_and_value() {
             json!({"_class_name": "KDPM2DiscreteScheduler", "prediction_type": "sample"}),
             "prediction_type",
             "sample",
-        ),
-        (
-            json!({"_class_name": "KDPM2AncestralDiscreteScheduler", "use_beta_sigmas": true}),
-            "use_beta_sigmas",
-            "true",
-        ),
-        (
-            json!({"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true}),
-            "use_beta_sigmas",
-            "true",
-        ),
-        (
-            json!({"_class_name": "LMSDiscreteScheduler", "use_beta_sigmas": true}),
-            "use_beta_sigmas",
-            "true",
         ),
     ];
     for (case, key, value) in cases {
