@@ -794,8 +794,17 @@ impl SchedulerConfig {
             "clip_sample_range" => self.clip_sample_range = number(key, value)?,
             "set_alpha_to_one" => self.set_alpha_to_one = flag(key, value)?,
             "thresholding" => self.thresholding = flag(key, value)?,
-            "dynamic_thresholding_ratio" => self.dynamic_thresholding_ratio = number(key, value)?,
-            "sample_max_value" => self.sample_max_value = number(key, value)?,
+            // Only read with thresholding (not implemented): a null keeps the default.
+            "dynamic_thresholding_ratio" => {
+                if let Some(v) = optional(value, |v| number(key, v))? {
+                    self.dynamic_thresholding_ratio = v;
+                }
+            }
+            "sample_max_value" => {
+                if let Some(v) = optional(value, |v| number(key, v))? {
+                    self.sample_max_value = v;
+                }
+            }
             "solver_order" => self.solver_order = count(key, value)?,
             "algorithm_type" => self.algorithm_type = AlgorithmType::parse(key, value)?,
             "solver_type" => self.solver_type = SolverType::parse(key, value)?,
@@ -813,9 +822,13 @@ impl SchedulerConfig {
             "timestep_scaling" => self.timestep_scaling = number(key, value)?,
             "predict_x0" => self.predict_x0 = flag(key, value)?,
             "disable_corrector" => {
-                let items = value
-                    .as_array()
-                    .ok_or_else(|| bad_value(key, value, "a list of step indices"))?;
+                let none = Vec::new();
+                let items = match value {
+                    Value::Null => &none,
+                    v => v
+                        .as_array()
+                        .ok_or_else(|| bad_value(key, value, "a list of step indices"))?,
+                };
                 self.disable_corrector =
                     items.iter().map(|v| count(key, v)).collect::<Result<_>>()?;
             }
