@@ -375,9 +375,9 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f64,
     /// DDIM only: the "previous" alpha product of the last step is 1 instead of `alphas_cumprod[0]`.
     pub set_alpha_to_one: bool,
-    /// DDIM and the DPM-Solver family: dynamic thresholding, not implemented.
+    /// Dynamic thresholding of the predicted clean sample (DDIM, DDPM, LCM, the DPM-Solver
+    /// family, UniPC, DEIS), with its quantile and ceiling.
     pub thresholding: bool,
-    /// Read with `thresholding` only (which is not implemented).
     pub dynamic_thresholding_ratio: f64,
     pub sample_max_value: f64,
     /// Multistep solvers: how many past model outputs a step uses (1 to 3).
@@ -489,11 +489,7 @@ impl SchedulerConfig {
                     return unsupported("prediction_type 'sample'");
                 }
             }
-            SchedulerKind::Ddim => {
-                if self.thresholding {
-                    return unsupported("thresholding");
-                }
-            }
+            SchedulerKind::Ddim => {}
             SchedulerKind::DpmSolverSinglestep => {
                 if self.algorithm_type == AlgorithmType::SdeDpmSolver {
                     return unsupported("algorithm_type = 'sde-dpmsolver'");
@@ -516,9 +512,6 @@ impl SchedulerConfig {
                 }
             }
             SchedulerKind::Ddpm => {
-                if self.thresholding {
-                    return unsupported("thresholding = true");
-                }
                 // `learned*` need a model that predicts its variance too (twice the channels);
                 // diffusers' `fixed_large_log` takes the square root of a logarithm (NaN).
                 if let Some(
@@ -530,16 +523,9 @@ impl SchedulerConfig {
                     return unsupported(&format!("variance_type = '{}'", v.as_str()));
                 }
             }
-            SchedulerKind::Lcm => {
-                if self.thresholding {
-                    return unsupported("thresholding = true");
-                }
-            }
+            SchedulerKind::Lcm => {}
             SchedulerKind::UniPcMultistep => {
                 self.check_sigma_options()?;
-                if self.thresholding && self.predict_x0 {
-                    return unsupported("thresholding = true");
-                }
                 if self.use_flow_sigmas {
                     return unsupported("use_flow_sigmas = true");
                 }
@@ -568,9 +554,6 @@ impl SchedulerConfig {
                         "algorithm_type = '{}'",
                         self.algorithm_type.as_str()
                     ));
-                }
-                if self.thresholding {
-                    return unsupported("thresholding = true");
                 }
                 if self.use_flow_sigmas {
                     return unsupported("use_flow_sigmas = true");
@@ -605,9 +588,6 @@ impl SchedulerConfig {
             )))
         };
         self.check_sigma_options()?;
-        if self.thresholding {
-            return unsupported("thresholding = true");
-        }
         if self.use_flow_sigmas {
             return unsupported("use_flow_sigmas = true");
         }
@@ -652,6 +632,12 @@ impl SchedulerConfig {
             )));
         }
         Ok(())
+    }
+
+    /// `(dynamic_thresholding_ratio, sample_max_value)` when thresholding is on.
+    pub(crate) fn threshold_options(&self) -> Option<(f64, f64)> {
+        self.thresholding
+            .then_some((self.dynamic_thresholding_ratio, self.sample_max_value))
     }
 
     /// DPMSolverMultistep's algorithm: diffusers rewrites `deis` to `dpmsolver++`.
@@ -794,7 +780,7 @@ impl SchedulerConfig {
             "clip_sample_range" => self.clip_sample_range = number(key, value)?,
             "set_alpha_to_one" => self.set_alpha_to_one = flag(key, value)?,
             "thresholding" => self.thresholding = flag(key, value)?,
-            // Only read with thresholding (not implemented): a null keeps the default.
+            // Only read with thresholding: a null keeps the default.
             "dynamic_thresholding_ratio" => {
                 if let Some(v) = optional(value, |v| number(key, v))? {
                     self.dynamic_thresholding_ratio = v;

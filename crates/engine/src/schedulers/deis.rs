@@ -11,7 +11,7 @@ use super::config::{PredictionType, SchedulerConfig, SchedulerKind};
 use super::dpm_multistep::{alpha_sigma, lambda};
 use super::schedule::{alphas_cumprod, check_steps, solver_timesteps};
 use super::sigmas::{beta, exponential, karras, sigma_to_t, train_sigmas};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -24,6 +24,7 @@ pub struct DeisMultistep {
     lower_order_final: bool,
     model_outputs: Vec<Option<Tensor>>,
     lower_order_nums: usize,
+    thresholding: Option<(f64, f64)>,
 }
 
 fn schedule(config: &SchedulerConfig, n: usize) -> (Vec<i64>, Vec<f32>) {
@@ -95,6 +96,7 @@ impl DeisMultistep {
             lower_order_final: config.lower_order_final,
             model_outputs: vec![None; config.solver_order],
             lower_order_nums: 0,
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -110,6 +112,10 @@ impl DeisMultistep {
             PredictionType::Epsilon => div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?,
             PredictionType::Sample => model_output.clone(),
             PredictionType::VPrediction => (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?,
+        };
+        let x0 = match self.thresholding {
+            Some((ratio, max)) => threshold(&x0, ratio, max)?,
+            None => x0,
         };
         div(&(sample - mul(&x0, alpha_t)?)?, sigma_t)
     }

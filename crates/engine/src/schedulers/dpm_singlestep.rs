@@ -30,6 +30,7 @@ pub struct DpmSolverSinglestep {
     model_outputs: Vec<Option<Tensor>>,
     /// The sample at the start of the current group.
     group_sample: Option<Tensor>,
+    thresholding: Option<(f64, f64)>,
 }
 
 /// diffusers' `get_order_list`.
@@ -137,6 +138,7 @@ impl DpmSolverSinglestep {
             orders: order_list(n, config.solver_order, lower_order_final, final_zero),
             model_outputs: vec![None; config.solver_order],
             group_sample: None,
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -273,6 +275,7 @@ impl Scheduler for DpmSolverSinglestep {
         let converted = convert(
             plus_plus,
             self.prediction_type,
+            self.thresholding,
             self.sigmas[index],
             &model_output,
             &sample,

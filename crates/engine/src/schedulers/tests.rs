@@ -508,7 +508,6 @@ fn unsupported_options_are_model_errors() {
         json!({"_class_name": "EulerAncestralDiscreteScheduler", "prediction_type": "sample"}),
         json!({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": true, "use_exponential_sigmas": true}),
         json!({"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"}),
-        json!({"_class_name": "DDIMScheduler", "thresholding": true}),
         json!({"_class_name": "DDIMScheduler", "num_train_timesteps": 3, "trained_betas": [0.1, 0.2]}),
     ];
     for case in cases {
@@ -862,11 +861,6 @@ fn check_sequence(fx: &Fixture, seq: &Sequence, check: &mut Check) {
 fn unsupported_options_name_key_and_value() {
     let cases = [
         (
-            json!({"_class_name": "DPMSolverMultistepScheduler", "thresholding": true}),
-            "thresholding",
-            "true",
-        ),
-        (
             json!({"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true}),
             "use_flow_sigmas",
             "true",
@@ -922,11 +916,6 @@ fn unsupported_options_name_key_and_value() {
             "true",
         ),
         (
-            json!({"_class_name": "UniPCMultistepScheduler", "thresholding": true}),
-            "thresholding",
-            "true",
-        ),
-        (
             json!({"_class_name": "DEISMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}),
             "algorithm_type",
             "sde-dpmsolver++",
@@ -950,16 +939,6 @@ fn unsupported_options_name_key_and_value() {
             json!({"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"}),
             "beta_schedule",
             "sigmoid",
-        ),
-        (
-            json!({"_class_name": "DDPMScheduler", "thresholding": true}),
-            "thresholding",
-            "true",
-        ),
-        (
-            json!({"_class_name": "LCMScheduler", "thresholding": true}),
-            "thresholding",
-            "true",
         ),
         (
             json!({"_class_name": "LCMScheduler", "original_inference_steps": 2000}),

@@ -14,7 +14,7 @@ use super::config::{FinalSigmasType, PredictionType, SchedulerConfig, SchedulerK
 use super::dpm_multistep::{alpha_sigma, lambda};
 use super::schedule::{alphas_cumprod, check_steps, solver_timesteps};
 use super::sigmas::{beta, exponential, karras, sigma_to_t, train_sigmas};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -33,6 +33,7 @@ pub struct UniPcMultistep {
     lower_order_nums: usize,
     last_sample: Option<Tensor>,
     this_order: usize,
+    thresholding: Option<(f64, f64)>,
 }
 
 /// UniPC's timesteps and sigmas (with the final one): DPM-Solver's spacing over the whole
@@ -162,6 +163,7 @@ impl UniPcMultistep {
             lower_order_nums: 0,
             last_sample: None,
             this_order: 0,
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -172,21 +174,23 @@ impl UniPcMultistep {
 
     fn convert(&self, model_output: &Tensor, sample: &Tensor, index: usize) -> Result<Tensor> {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[index]);
-        Ok(match (self.predict_x0, self.prediction_type) {
-            (true, PredictionType::Epsilon) => {
-                div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?
-            }
-            (true, PredictionType::Sample) => model_output.clone(),
-            (true, PredictionType::VPrediction) => {
-                (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
-            }
-            (false, PredictionType::Epsilon) => model_output.clone(),
-            (false, PredictionType::Sample) => {
-                div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?
-            }
-            (false, PredictionType::VPrediction) => {
-                (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?
-            }
+        if self.predict_x0 {
+            let x0 = match self.prediction_type {
+                PredictionType::Epsilon => div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?,
+                PredictionType::Sample => model_output.clone(),
+                PredictionType::VPrediction => {
+                    (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
+                }
+            };
+            return match self.thresholding {
+                Some((ratio, max)) => threshold(&x0, ratio, max),
+                None => Ok(x0),
+            };
+        }
+        Ok(match self.prediction_type {
+            PredictionType::Epsilon => model_output.clone(),
+            PredictionType::Sample => div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?,
+            PredictionType::VPrediction => (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?,
         })
     }
 
