@@ -157,3 +157,35 @@ fn mul(t: &Tensor, value: f32) -> Result<Tensor> {
 fn div(t: &Tensor, value: f32) -> Result<Tensor> {
     Ok(t.broadcast_div(&scalar(t, value)?)?)
 }
+
+/// diffusers' `_threshold_sample` (dynamic thresholding, Saharia et al. 2022): per batch item,
+/// s = the `ratio` quantile of |x| (torch's `quantile`, linear interpolation between the
+/// sorted values, the rank in float32) clamped to [1, `max_value`], then x clamped to ±s and
+/// divided by s.
+fn threshold(sample: &Tensor, ratio: f64, max_value: f64) -> Result<Tensor> {
+    let dims = sample.dims().to_vec();
+    let rows: Vec<Vec<f32>> = f32_tensor(sample)?.flatten_from(1)?.to_vec2()?;
+    let n = rows.first().map_or(0, Vec::len);
+    if n == 0 {
+        return Ok(sample.clone());
+    }
+    let rank = ratio as f32 * (n - 1) as f32;
+    let (below, above) = (rank as usize, rank.ceil() as usize);
+    let weight = rank - below as f32;
+    let mut out = Vec::with_capacity(rows.len() * n);
+    for row in rows {
+        let mut sorted: Vec<f32> = row.iter().map(|v| v.abs()).collect();
+        sorted.sort_by(f32::total_cmp);
+        let (start, end) = (sorted[below.min(n - 1)], sorted[above.min(n - 1)]);
+        let diff = end - start;
+        // torch's lerp: from the nearer end.
+        let s = if weight.abs() < 0.5 {
+            start + weight * diff
+        } else {
+            end - diff * (1.0 - weight)
+        };
+        let s = s.max(1.0).min(max_value as f32);
+        out.extend(row.iter().map(|&v| v.max(-s).min(s) / s));
+    }
+    Ok(Tensor::from_vec(out, dims, sample.device())?)
+}

@@ -357,13 +357,15 @@ pub struct SchedulerConfig {
     pub rescale_betas_zero_snr: bool,
     /// EulerDiscrete only.
     pub interpolation_type: InterpolationType,
-    /// EulerDiscrete only: Karras et al. (2022) sigmas, with timesteps interpolated back.
+    /// The sigma-based classes: Karras et al. (2022) sigmas, with timesteps mapped back.
     pub use_karras_sigmas: bool,
-    /// EulerDiscrete only: sigmas evenly spaced in log space.
+    /// The sigma-based classes: sigmas evenly spaced in log space.
     pub use_exponential_sigmas: bool,
-    /// EulerDiscrete only: not implemented (it needs the beta distribution's quantiles).
+    /// The sigma-based classes: sigmas at the quantiles of a Beta(0.6, 0.6) distribution.
     pub use_beta_sigmas: bool,
-    /// EulerDiscrete only: bounds for Karras / exponential sigmas (default: the schedule's own).
+    /// Bounds for Karras / exponential / beta sigmas (default: the schedule's own). An
+    /// `__init__` argument of EulerDiscrete and UniPC only, but the others read it from the
+    /// config too.
     pub sigma_min: Option<f64>,
     pub sigma_max: Option<f64>,
     pub timestep_type: TimestepType,
@@ -373,9 +375,9 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f64,
     /// DDIM only: the "previous" alpha product of the last step is 1 instead of `alphas_cumprod[0]`.
     pub set_alpha_to_one: bool,
-    /// DDIM and the DPM-Solver family: dynamic thresholding, not implemented.
+    /// Dynamic thresholding of the predicted clean sample (DDIM, DDPM, LCM, the DPM-Solver
+    /// family, UniPC, DEIS), with its quantile and ceiling.
     pub thresholding: bool,
-    /// Read with `thresholding` only (which is not implemented).
     pub dynamic_thresholding_ratio: f64,
     pub sample_max_value: f64,
     /// Multistep solvers: how many past model outputs a step uses (1 to 3).
@@ -476,20 +478,7 @@ impl SchedulerConfig {
         }
         match kind {
             SchedulerKind::EulerDiscrete => {
-                let sigma_options = [
-                    self.use_karras_sigmas,
-                    self.use_exponential_sigmas,
-                    self.use_beta_sigmas,
-                ];
-                if sigma_options.iter().filter(|&&on| on).count() > 1 {
-                    return Err(Error::Model(format!(
-                        "{}: use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas exclude each other",
-                        self.class_name
-                    )));
-                }
-                if self.use_beta_sigmas {
-                    return unsupported("use_beta_sigmas");
-                }
+                self.check_sigma_options()?;
                 if self.interpolation_type == InterpolationType::LogLinear {
                     return unsupported("interpolation_type 'log_linear'");
                 }
@@ -500,11 +489,7 @@ impl SchedulerConfig {
                     return unsupported("prediction_type 'sample'");
                 }
             }
-            SchedulerKind::Ddim => {
-                if self.thresholding {
-                    return unsupported("thresholding");
-                }
-            }
+            SchedulerKind::Ddim => {}
             SchedulerKind::DpmSolverSinglestep => {
                 if self.algorithm_type == AlgorithmType::SdeDpmSolver {
                     return unsupported("algorithm_type = 'sde-dpmsolver'");
@@ -527,9 +512,6 @@ impl SchedulerConfig {
                 }
             }
             SchedulerKind::Ddpm => {
-                if self.thresholding {
-                    return unsupported("thresholding = true");
-                }
                 // `learned*` need a model that predicts its variance too (twice the channels);
                 // diffusers' `fixed_large_log` takes the square root of a logarithm (NaN).
                 if let Some(
@@ -541,16 +523,9 @@ impl SchedulerConfig {
                     return unsupported(&format!("variance_type = '{}'", v.as_str()));
                 }
             }
-            SchedulerKind::Lcm => {
-                if self.thresholding {
-                    return unsupported("thresholding = true");
-                }
-            }
+            SchedulerKind::Lcm => {}
             SchedulerKind::UniPcMultistep => {
                 self.check_sigma_options()?;
-                if self.thresholding && self.predict_x0 {
-                    return unsupported("thresholding = true");
-                }
                 if self.use_flow_sigmas {
                     return unsupported("use_flow_sigmas = true");
                 }
@@ -579,9 +554,6 @@ impl SchedulerConfig {
                         "algorithm_type = '{}'",
                         self.algorithm_type.as_str()
                     ));
-                }
-                if self.thresholding {
-                    return unsupported("thresholding = true");
                 }
                 if self.use_flow_sigmas {
                     return unsupported("use_flow_sigmas = true");
@@ -616,17 +588,17 @@ impl SchedulerConfig {
             )))
         };
         self.check_sigma_options()?;
-        if self.thresholding {
-            return unsupported("thresholding = true");
-        }
         if self.use_flow_sigmas {
             return unsupported("use_flow_sigmas = true");
         }
         if self.solver_order == 0 {
             return unsupported("solver_order = 0");
         }
-        if let Some(v) = self.variance_type {
-            return unsupported(&format!("variance_type = '{}'", v.as_str()));
+        // Only read for epsilon prediction: the model's extra variance channels are dropped.
+        if let Some(v @ (VarianceType::Learned | VarianceType::LearnedRange)) = self.variance_type {
+            if self.prediction_type == PredictionType::Epsilon {
+                return unsupported(&format!("variance_type = '{}'", v.as_str()));
+            }
         }
         // diffusers' own check: the noise-prediction forms cannot end on sigma 0.
         // (It looks at the value as written: `deis`, which it otherwise reads as
@@ -646,8 +618,7 @@ impl SchedulerConfig {
         Ok(())
     }
 
-    /// At most one of the sigma respacings, and not the beta one (it needs the beta
-    /// distribution's quantile function).
+    /// At most one of the sigma respacings.
     fn check_sigma_options(&self) -> Result<()> {
         let on = [
             self.use_karras_sigmas,
@@ -660,13 +631,13 @@ impl SchedulerConfig {
                 self.class_name
             )));
         }
-        if self.use_beta_sigmas {
-            return Err(Error::Model(format!(
-                "{}: use_beta_sigmas = true is not supported",
-                self.class_name
-            )));
-        }
         Ok(())
+    }
+
+    /// `(dynamic_thresholding_ratio, sample_max_value)` when thresholding is on.
+    pub(crate) fn threshold_options(&self) -> Option<(f64, f64)> {
+        self.thresholding
+            .then_some((self.dynamic_thresholding_ratio, self.sample_max_value))
     }
 
     /// DPMSolverMultistep's algorithm: diffusers rewrites `deis` to `dpmsolver++`.
@@ -809,8 +780,17 @@ impl SchedulerConfig {
             "clip_sample_range" => self.clip_sample_range = number(key, value)?,
             "set_alpha_to_one" => self.set_alpha_to_one = flag(key, value)?,
             "thresholding" => self.thresholding = flag(key, value)?,
-            "dynamic_thresholding_ratio" => self.dynamic_thresholding_ratio = number(key, value)?,
-            "sample_max_value" => self.sample_max_value = number(key, value)?,
+            // Only read with thresholding: a null keeps the default.
+            "dynamic_thresholding_ratio" => {
+                if let Some(v) = optional(value, |v| number(key, v))? {
+                    self.dynamic_thresholding_ratio = v;
+                }
+            }
+            "sample_max_value" => {
+                if let Some(v) = optional(value, |v| number(key, v))? {
+                    self.sample_max_value = v;
+                }
+            }
             "solver_order" => self.solver_order = count(key, value)?,
             "algorithm_type" => self.algorithm_type = AlgorithmType::parse(key, value)?,
             "solver_type" => self.solver_type = SolverType::parse(key, value)?,
@@ -828,9 +808,13 @@ impl SchedulerConfig {
             "timestep_scaling" => self.timestep_scaling = number(key, value)?,
             "predict_x0" => self.predict_x0 = flag(key, value)?,
             "disable_corrector" => {
-                let items = value
-                    .as_array()
-                    .ok_or_else(|| bad_value(key, value, "a list of step indices"))?;
+                let none = Vec::new();
+                let items = match value {
+                    Value::Null => &none,
+                    v => v
+                        .as_array()
+                        .ok_or_else(|| bad_value(key, value, "a list of step indices"))?,
+                };
                 self.disable_corrector =
                     items.iter().map(|v| count(key, v)).collect::<Result<_>>()?;
             }

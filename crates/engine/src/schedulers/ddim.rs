@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig, SchedulerKind};
 use super::schedule::{alphas_cumprod, check_steps, integer_timesteps};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -20,6 +20,7 @@ pub struct Ddim {
     step_ratio: i64,
     prediction_type: PredictionType,
     clip_sample_range: Option<f32>,
+    thresholding: Option<(f64, f64)>,
 }
 
 impl Ddim {
@@ -42,6 +43,7 @@ impl Ddim {
             clip_sample_range: config
                 .clip_sample
                 .then_some(config.clip_sample_range as f32),
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -123,9 +125,10 @@ impl Scheduler for Ddim {
         };
 
         let (original, epsilon) = self.predict(&model_output, &sample, alpha_prod)?;
-        let original = match self.clip_sample_range {
-            Some(range) => original.clamp(-range, range)?,
-            None => original,
+        let original = match (self.thresholding, self.clip_sample_range) {
+            (Some((ratio, max)), _) => threshold(&original, ratio, max)?,
+            (None, Some(range)) => original.clamp(-range, range)?,
+            (None, None) => original,
         };
         // With eta = 0 the noise term std_dev_t is 0, leaving sqrt(1 - alpha_prod_prev) for
         // the direction pointing to x_t.

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig, SchedulerKind, VarianceType};
 use super::schedule::{alphas_cumprod, check_steps, integer_timesteps};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -17,6 +17,7 @@ pub struct Ddpm {
     prediction_type: PredictionType,
     variance_type: VarianceType,
     clip_sample_range: Option<f32>,
+    thresholding: Option<(f64, f64)>,
 }
 
 impl Ddpm {
@@ -33,6 +34,7 @@ impl Ddpm {
             clip_sample_range: config
                 .clip_sample
                 .then_some(config.clip_sample_range as f32),
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -95,9 +97,10 @@ impl Scheduler for Ddpm {
                 (mul(&sample, alpha_t.sqrt())? - mul(&model_output, beta_t.sqrt())?)?
             }
         };
-        let original = match self.clip_sample_range {
-            Some(range) => original.clamp(-range, range)?,
-            None => original,
+        let original = match (self.thresholding, self.clip_sample_range) {
+            (Some((ratio, max)), _) => threshold(&original, ratio, max)?,
+            (None, Some(range)) => original.clamp(-range, range)?,
+            (None, None) => original,
         };
         let original_coeff = alpha_prev.sqrt() * current_beta / beta_t;
         let current_coeff = current_alpha.sqrt() * beta_prev / beta_t;

@@ -10,8 +10,8 @@ use candle_core::Tensor;
 use super::config::{PredictionType, SchedulerConfig, SchedulerKind};
 use super::dpm_multistep::{alpha_sigma, lambda};
 use super::schedule::{alphas_cumprod, check_steps, solver_timesteps};
-use super::sigmas::{exponential, karras, sigma_to_t, train_sigmas};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::sigmas::{beta, exponential, karras, sigma_to_t, train_sigmas};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -24,6 +24,7 @@ pub struct DeisMultistep {
     lower_order_final: bool,
     model_outputs: Vec<Option<Tensor>>,
     lower_order_nums: usize,
+    thresholding: Option<(f64, f64)>,
 }
 
 fn schedule(config: &SchedulerConfig, n: usize) -> (Vec<i64>, Vec<f32>) {
@@ -33,35 +34,38 @@ fn schedule(config: &SchedulerConfig, n: usize) -> (Vec<i64>, Vec<f32>) {
     let min = config.sigma_min.unwrap_or(train[0] as f64);
     let max = config.sigma_max.unwrap_or(train[train.len() - 1] as f64);
     // Karras timesteps are rounded whatever the beta schedule (unlike DPM-Solver's).
-    let (timesteps, sigmas) = if config.use_karras_sigmas || config.use_exponential_sigmas {
-        let sigmas = if config.use_karras_sigmas {
-            karras(min, max, n)
+    let (timesteps, sigmas) =
+        if config.use_karras_sigmas || config.use_exponential_sigmas || config.use_beta_sigmas {
+            let sigmas = if config.use_karras_sigmas {
+                karras(min, max, n)
+            } else if config.use_beta_sigmas {
+                beta(min, max, n)
+            } else {
+                exponential(min, max, n)
+            };
+            let timesteps = sigmas
+                .iter()
+                .map(|&s| {
+                    let t = sigma_to_t(s, &log_sigmas);
+                    (if config.use_karras_sigmas {
+                        t.round_ties_even()
+                    } else {
+                        t
+                    }) as i64
+                })
+                .collect();
+            let mut sigmas = sigmas;
+            sigmas.push(sigmas[sigmas.len() - 1]);
+            (timesteps, sigmas)
         } else {
-            exponential(min, max, n)
+            let timesteps = solver_timesteps(config, n, config.num_train_timesteps);
+            let mut sigmas: Vec<f64> = timesteps
+                .iter()
+                .map(|&t| train[t.clamp(0, train.len() as i64 - 1) as usize] as f64)
+                .collect();
+            sigmas.push(train[0] as f64);
+            (timesteps, sigmas)
         };
-        let timesteps = sigmas
-            .iter()
-            .map(|&s| {
-                let t = sigma_to_t(s, &log_sigmas);
-                (if config.use_karras_sigmas {
-                    t.round_ties_even()
-                } else {
-                    t
-                }) as i64
-            })
-            .collect();
-        let mut sigmas = sigmas;
-        sigmas.push(sigmas[sigmas.len() - 1]);
-        (timesteps, sigmas)
-    } else {
-        let timesteps = solver_timesteps(config, n, config.num_train_timesteps);
-        let mut sigmas: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| train[t.clamp(0, train.len() as i64 - 1) as usize] as f64)
-            .collect();
-        sigmas.push(train[0] as f64);
-        (timesteps, sigmas)
-    };
     let sigmas = sigmas.into_iter().map(|s| s as f32).collect();
     (timesteps, sigmas)
 }
@@ -92,6 +96,7 @@ impl DeisMultistep {
             lower_order_final: config.lower_order_final,
             model_outputs: vec![None; config.solver_order],
             lower_order_nums: 0,
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -107,6 +112,10 @@ impl DeisMultistep {
             PredictionType::Epsilon => div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?,
             PredictionType::Sample => model_output.clone(),
             PredictionType::VPrediction => (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?,
+        };
+        let x0 = match self.thresholding {
+            Some((ratio, max)) => threshold(&x0, ratio, max)?,
+            None => x0,
         };
         div(&(sample - mul(&x0, alpha_t)?)?, sigma_t)
     }

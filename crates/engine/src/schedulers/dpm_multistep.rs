@@ -14,8 +14,8 @@ use super::config::{
     SolverType,
 };
 use super::schedule::{alphas_cumprod, check_steps, numpy_linspace, solver_timesteps};
-use super::sigmas::{exponential, karras, sigma_to_t, train_sigmas};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::sigmas::{beta, exponential, karras, sigma_to_t, train_sigmas};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -33,6 +33,7 @@ pub struct DpmSolverMultistep {
     /// The converted outputs of the last `solver_order` steps, oldest first.
     model_outputs: Vec<Option<Tensor>>,
     lower_order_nums: usize,
+    thresholding: Option<(f64, f64)>,
 }
 
 /// The training schedule's lambda = log(sqrt(a)) - log(sqrt(1 - a)), in float32 as torch.
@@ -96,6 +97,9 @@ pub(super) fn solver_schedule(
     } else if config.use_exponential_sigmas {
         let sigmas = exponential(min, max, n);
         (back_to_t(&sigmas, false), sigmas)
+    } else if config.use_beta_sigmas {
+        let sigmas = beta(min, max, n);
+        (back_to_t(&sigmas, false), sigmas)
     } else {
         let timesteps = solver_timesteps(config, n, last_timestep);
         let sigmas = timesteps
@@ -125,26 +129,40 @@ pub(super) fn lambda(alpha: f32, sigma: f32) -> f32 {
 }
 
 /// `convert_model_output` of the DPM-Solver schedulers: the clean sample (DPM-Solver++) or the
-/// noise (DPM-Solver) the model's output implies at noise level `sigma`.
+/// noise (DPM-Solver) the model's output implies at noise level `sigma`, with the clean sample
+/// dynamically thresholded when `thresholding` is on.
 pub(super) fn convert(
     plus_plus: bool,
     prediction_type: PredictionType,
+    thresholding: Option<(f64, f64)>,
     sigma: f32,
     model_output: &Tensor,
     sample: &Tensor,
 ) -> Result<Tensor> {
     let (alpha_t, sigma_t) = alpha_sigma(sigma);
-    Ok(match (plus_plus, prediction_type) {
-        (true, PredictionType::Epsilon) => div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?,
-        (true, PredictionType::Sample) => model_output.clone(),
-        (true, PredictionType::VPrediction) => {
-            (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
+    if plus_plus {
+        let x0 = match prediction_type {
+            PredictionType::Epsilon => div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?,
+            PredictionType::Sample => model_output.clone(),
+            PredictionType::VPrediction => (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?,
+        };
+        return match thresholding {
+            Some((ratio, max)) => threshold(&x0, ratio, max),
+            None => Ok(x0),
+        };
+    }
+    let epsilon = match prediction_type {
+        PredictionType::Epsilon => model_output.clone(),
+        PredictionType::Sample => div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?,
+        PredictionType::VPrediction => (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?,
+    };
+    Ok(match thresholding {
+        Some((ratio, max)) => {
+            let x0 = div(&(sample - mul(&epsilon, sigma_t)?)?, alpha_t)?;
+            let x0 = threshold(&x0, ratio, max)?;
+            div(&(sample - mul(&x0, alpha_t)?)?, sigma_t)?
         }
-        (false, PredictionType::Epsilon) => model_output.clone(),
-        (false, PredictionType::Sample) => div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?,
-        (false, PredictionType::VPrediction) => {
-            (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?
-        }
+        None => epsilon,
     })
 }
 
@@ -172,6 +190,7 @@ impl DpmSolverMultistep {
             final_sigmas_type: config.final_sigmas_type,
             model_outputs: vec![None; config.solver_order],
             lower_order_nums: 0,
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -198,6 +217,7 @@ impl DpmSolverMultistep {
         convert(
             self.plus_plus(),
             self.prediction_type,
+            self.thresholding,
             self.sigmas[index],
             model_output,
             sample,

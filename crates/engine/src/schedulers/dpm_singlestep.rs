@@ -14,7 +14,7 @@ use super::config::{
 };
 use super::dpm_multistep::{alpha_sigma, convert, lambda, last_timestep};
 use super::schedule::{alphas_cumprod, check_steps, solver_timesteps};
-use super::sigmas::{exponential, karras, sigma_to_t, train_sigmas};
+use super::sigmas::{beta, exponential, karras, sigma_to_t, train_sigmas};
 use super::{check_index, div, f32_tensor, mul, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
@@ -30,6 +30,7 @@ pub struct DpmSolverSinglestep {
     model_outputs: Vec<Option<Tensor>>,
     /// The sample at the start of the current group.
     group_sample: Option<Tensor>,
+    thresholding: Option<(f64, f64)>,
 }
 
 /// diffusers' `get_order_list`.
@@ -87,36 +88,40 @@ impl DpmSolverSinglestep {
         let log_sigmas: Vec<f32> = train.iter().map(|s| s.ln()).collect();
         let min = config.sigma_min.unwrap_or(train[0] as f64);
         let max = config.sigma_max.unwrap_or(train[train.len() - 1] as f64);
-        let (timesteps, mut sigmas): (Vec<i64>, Vec<f64>) =
-            if config.use_karras_sigmas || config.use_exponential_sigmas {
-                let sigmas = if config.use_karras_sigmas {
-                    karras(min, max, n)
-                } else {
-                    exponential(min, max, n)
-                };
-                // Karras timesteps rounded (whatever the schedule), exponential ones truncated.
-                let timesteps = sigmas
-                    .iter()
-                    .map(|&s| {
-                        let t = sigma_to_t(s, &log_sigmas);
-                        (if config.use_karras_sigmas {
-                            t.round_ties_even()
-                        } else {
-                            t
-                        }) as i64
-                    })
-                    .collect();
-                (timesteps, sigmas)
+        let (timesteps, mut sigmas): (Vec<i64>, Vec<f64>) = if config.use_karras_sigmas
+            || config.use_exponential_sigmas
+            || config.use_beta_sigmas
+        {
+            let sigmas = if config.use_karras_sigmas {
+                karras(min, max, n)
+            } else if config.use_beta_sigmas {
+                beta(min, max, n)
             } else {
-                // The class takes no timestep_spacing: always linspace.
-                let last = last_timestep(config, &alphas_cumprod);
-                let timesteps = solver_timesteps(config, n, last);
-                let sigmas = timesteps
-                    .iter()
-                    .map(|&t| train[t.clamp(0, train.len() as i64 - 1) as usize] as f64)
-                    .collect();
-                (timesteps, sigmas)
+                exponential(min, max, n)
             };
+            // Karras timesteps rounded (whatever the schedule), exponential ones truncated.
+            let timesteps = sigmas
+                .iter()
+                .map(|&s| {
+                    let t = sigma_to_t(s, &log_sigmas);
+                    (if config.use_karras_sigmas {
+                        t.round_ties_even()
+                    } else {
+                        t
+                    }) as i64
+                })
+                .collect();
+            (timesteps, sigmas)
+        } else {
+            // The class takes no timestep_spacing: always linspace.
+            let last = last_timestep(config, &alphas_cumprod);
+            let timesteps = solver_timesteps(config, n, last);
+            let sigmas = timesteps
+                .iter()
+                .map(|&t| train[t.clamp(0, train.len() as i64 - 1) as usize] as f64)
+                .collect();
+            (timesteps, sigmas)
+        };
         let final_zero = config.final_sigmas_type == FinalSigmasType::Zero;
         sigmas.push(if final_zero { 0.0 } else { train[0] as f64 });
         // diffusers turns lower_order_final on for step counts the order does not divide
@@ -133,6 +138,7 @@ impl DpmSolverSinglestep {
             orders: order_list(n, config.solver_order, lower_order_final, final_zero),
             model_outputs: vec![None; config.solver_order],
             group_sample: None,
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -269,6 +275,7 @@ impl Scheduler for DpmSolverSinglestep {
         let converted = convert(
             plus_plus,
             self.prediction_type,
+            self.thresholding,
             self.sigmas[index],
             &model_output,
             &sample,

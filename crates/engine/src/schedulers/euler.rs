@@ -8,7 +8,7 @@ use super::config::{
     FinalSigmasType, PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing, TimestepType,
 };
 use super::schedule::{alphas_cumprod, check_steps, float_timesteps};
-use super::sigmas::{exponential, interp, karras, sigma_to_t, train_sigmas};
+use super::sigmas::{beta, exponential, interp, karras, sigma_to_t, train_sigmas};
 use super::{check_index, div, f32_tensor, mul, Scheduler};
 use crate::error::Result;
 use crate::noise::NoiseSource;
@@ -29,7 +29,10 @@ impl EulerDiscrete {
         let spaced = float_timesteps(config, num_inference_steps);
         let interpolated: Vec<f64> = spaced.iter().map(|&t| interp(t as f64, &train)).collect();
 
-        let (timesteps, mut sigmas) = if config.use_karras_sigmas || config.use_exponential_sigmas {
+        let (timesteps, mut sigmas) = if config.use_karras_sigmas
+            || config.use_exponential_sigmas
+            || config.use_beta_sigmas
+        {
             respaced(config, &train, &interpolated, num_inference_steps)
         } else {
             (spaced, interpolated)
@@ -79,6 +82,8 @@ fn respaced(
     let max = config.sigma_max.unwrap_or(interpolated[0]);
     let sigmas = if config.use_karras_sigmas {
         karras(min, max, n)
+    } else if config.use_beta_sigmas {
+        beta(min, max, n)
     } else {
         exponential(min, max, n)
     };

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use super::config::{PredictionType, SchedulerConfig, SchedulerKind};
 use super::euler::{add_sigma_noise, init_noise_sigma, predict_original, scale_by_sigma};
 use super::schedule::{alphas_cumprod, check_steps, float_timesteps};
-use super::sigmas::{exponential, interp, karras, sigma_to_t, train_sigmas};
+use super::sigmas::{beta, exponential, interp, karras, sigma_to_t, train_sigmas};
 use super::{check_index, div, f32_tensor, mul, Scheduler};
 use crate::error::Result;
 use crate::noise::NoiseSource;
@@ -37,7 +37,7 @@ pub(super) fn karras_family_schedule(
     let train = train_sigmas(&alphas_cumprod(config, kind));
     let spaced = float_timesteps(config, n);
     let interpolated: Vec<f64> = spaced.iter().map(|&t| interp(t as f64, &train)).collect();
-    if !(config.use_karras_sigmas || config.use_exponential_sigmas) {
+    if !(config.use_karras_sigmas || config.use_exponential_sigmas || config.use_beta_sigmas) {
         return (spaced.into_iter().map(f64::from).collect(), interpolated);
     }
     // `sigma_min` / `sigma_max` are no `__init__` arguments of these classes, but diffusers
@@ -48,6 +48,8 @@ pub(super) fn karras_family_schedule(
     let max = config.sigma_max.unwrap_or(interpolated[0]);
     let sigmas = if config.use_karras_sigmas {
         karras(min, max, n)
+    } else if config.use_beta_sigmas {
+        beta(min, max, n)
     } else {
         exponential(min, max, n)
     };

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig, SchedulerKind};
 use super::schedule::{alphas_cumprod, check_steps, numpy_linspace_open};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -18,6 +18,7 @@ pub struct Lcm {
     final_alpha_cumprod: f32,
     prediction_type: PredictionType,
     clip_sample_range: Option<f32>,
+    thresholding: Option<(f64, f64)>,
     timestep_scaling: f32,
 }
 
@@ -82,6 +83,7 @@ impl Lcm {
             clip_sample_range: config
                 .clip_sample
                 .then_some(config.clip_sample_range as f32),
+            thresholding: config.threshold_options(),
             timestep_scaling: config.timestep_scaling as f32,
         })
     }
@@ -140,9 +142,10 @@ impl Scheduler for Lcm {
                 (mul(&sample, alpha_t.sqrt())? - mul(&model_output, beta_t.sqrt())?)?
             }
         };
-        let original = match self.clip_sample_range {
-            Some(range) => original.clamp(-range, range)?,
-            None => original,
+        let original = match (self.thresholding, self.clip_sample_range) {
+            (Some((ratio, max)), _) => threshold(&original, ratio, max)?,
+            (None, Some(range)) => original.clamp(-range, range)?,
+            (None, None) => original,
         };
         let denoised = (mul(&original, c_out)? + mul(&sample, c_skip)?)?;
         if last {

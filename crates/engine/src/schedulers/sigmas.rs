@@ -107,3 +107,90 @@ pub(crate) fn geometric_midpoints(sigmas: &[f32]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// "Beta sampling is all you need" (Lee et al. 2024) sigmas, diffusers' `_convert_to_beta`:
+/// `min + ppf(1 - r) * (max - min)` over r in linspace(0, 1, n), with ppf the quantile function
+/// of the Beta(0.6, 0.6) distribution (scipy's `beta.ppf`, here inverted to float64 precision).
+pub(crate) fn beta(min: f64, max: f64, n: usize) -> Vec<f64> {
+    numpy_linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| min + beta_ppf(1.0 - r) * (max - min))
+        .collect()
+}
+
+/// ln B(0.6, 0.6) = 2 ln Γ(0.6) - ln Γ(1.2).
+const LN_BETA_06_06: f64 = 0.881_841_806_141_785_8;
+const BETA_A: f64 = 0.6;
+
+/// The regularised incomplete beta function I_x(0.6, 0.6), by its continued fraction (modified
+/// Lentz), using the symmetry I_x(a, a) = 1 - I_{1-x}(a, a) where it converges slowly.
+fn beta_cdf(x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    if x > 0.5 {
+        return 1.0 - beta_cdf(1.0 - x);
+    }
+    let (a, b) = (BETA_A, BETA_A);
+    let front = (a * x.ln() + b * (1.0 - x).ln() - LN_BETA_06_06).exp() / a;
+    const TINY: f64 = 1e-300;
+    let mut c = 1.0;
+    let mut d = 1.0 - (a + b) * x / (a + 1.0);
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..=300 {
+        let m = m as f64;
+        // Even step.
+        let num = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        d = 1.0 + num * d;
+        d = if d.abs() < TINY { 1.0 / TINY } else { 1.0 / d };
+        c = 1.0 + num / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        h *= d * c;
+        // Odd step.
+        let num = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
+        d = 1.0 + num * d;
+        d = if d.abs() < TINY { 1.0 / TINY } else { 1.0 / d };
+        c = 1.0 + num / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        let delta = d * c;
+        h *= delta;
+        if (delta - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    front * h
+}
+
+/// The Beta(0.6, 0.6) quantile: bisection to the last bit (the cdf is monotone).
+fn beta_ppf(q: f64) -> f64 {
+    if q <= 0.0 {
+        return 0.0;
+    }
+    if q >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_cdf(mid) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}

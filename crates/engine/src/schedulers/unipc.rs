@@ -13,8 +13,8 @@ use candle_core::Tensor;
 use super::config::{FinalSigmasType, PredictionType, SchedulerConfig, SchedulerKind, SolverType};
 use super::dpm_multistep::{alpha_sigma, lambda};
 use super::schedule::{alphas_cumprod, check_steps, solver_timesteps};
-use super::sigmas::{exponential, karras, sigma_to_t, train_sigmas};
-use super::{check_index, div, f32_tensor, mul, Scheduler};
+use super::sigmas::{beta, exponential, karras, sigma_to_t, train_sigmas};
+use super::{check_index, div, f32_tensor, mul, threshold, Scheduler};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 
@@ -33,6 +33,7 @@ pub struct UniPcMultistep {
     lower_order_nums: usize,
     last_sample: Option<Tensor>,
     this_order: usize,
+    thresholding: Option<(f64, f64)>,
 }
 
 /// UniPC's timesteps and sigmas (with the final one): DPM-Solver's spacing over the whole
@@ -43,34 +44,36 @@ fn schedule(config: &SchedulerConfig, n: usize) -> (Vec<i64>, Vec<f32>) {
     let log_sigmas: Vec<f32> = train.iter().map(|s| s.ln()).collect();
     let min = config.sigma_min.unwrap_or(train[0] as f64);
     let max = config.sigma_max.unwrap_or(train[train.len() - 1] as f64);
-    let (timesteps, mut sigmas, last) = if config.use_karras_sigmas || config.use_exponential_sigmas
-    {
-        let sigmas = if config.use_karras_sigmas {
-            karras(min, max, n)
+    let (timesteps, mut sigmas, last) =
+        if config.use_karras_sigmas || config.use_exponential_sigmas || config.use_beta_sigmas {
+            let sigmas = if config.use_karras_sigmas {
+                karras(min, max, n)
+            } else if config.use_beta_sigmas {
+                beta(min, max, n)
+            } else {
+                exponential(min, max, n)
+            };
+            let timesteps = sigmas
+                .iter()
+                .map(|&s| {
+                    let t = sigma_to_t(s, &log_sigmas);
+                    (if config.use_karras_sigmas {
+                        t.round_ties_even()
+                    } else {
+                        t
+                    }) as i64
+                })
+                .collect();
+            let last = sigmas[sigmas.len() - 1];
+            (timesteps, sigmas, last)
         } else {
-            exponential(min, max, n)
+            let timesteps = solver_timesteps(config, n, config.num_train_timesteps);
+            let sigmas = timesteps
+                .iter()
+                .map(|&t| train[t.clamp(0, train.len() as i64 - 1) as usize] as f64)
+                .collect();
+            (timesteps, sigmas, train[0] as f64)
         };
-        let timesteps = sigmas
-            .iter()
-            .map(|&s| {
-                let t = sigma_to_t(s, &log_sigmas);
-                (if config.use_karras_sigmas {
-                    t.round_ties_even()
-                } else {
-                    t
-                }) as i64
-            })
-            .collect();
-        let last = sigmas[sigmas.len() - 1];
-        (timesteps, sigmas, last)
-    } else {
-        let timesteps = solver_timesteps(config, n, config.num_train_timesteps);
-        let sigmas = timesteps
-            .iter()
-            .map(|&t| train[t.clamp(0, train.len() as i64 - 1) as usize] as f64)
-            .collect();
-        (timesteps, sigmas, train[0] as f64)
-    };
     sigmas.push(match config.final_sigmas_type {
         FinalSigmasType::Zero => 0.0,
         FinalSigmasType::SigmaMin => last,
@@ -160,6 +163,7 @@ impl UniPcMultistep {
             lower_order_nums: 0,
             last_sample: None,
             this_order: 0,
+            thresholding: config.threshold_options(),
         })
     }
 
@@ -170,21 +174,23 @@ impl UniPcMultistep {
 
     fn convert(&self, model_output: &Tensor, sample: &Tensor, index: usize) -> Result<Tensor> {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[index]);
-        Ok(match (self.predict_x0, self.prediction_type) {
-            (true, PredictionType::Epsilon) => {
-                div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?
-            }
-            (true, PredictionType::Sample) => model_output.clone(),
-            (true, PredictionType::VPrediction) => {
-                (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
-            }
-            (false, PredictionType::Epsilon) => model_output.clone(),
-            (false, PredictionType::Sample) => {
-                div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?
-            }
-            (false, PredictionType::VPrediction) => {
-                (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?
-            }
+        if self.predict_x0 {
+            let x0 = match self.prediction_type {
+                PredictionType::Epsilon => div(&(sample - mul(model_output, sigma_t)?)?, alpha_t)?,
+                PredictionType::Sample => model_output.clone(),
+                PredictionType::VPrediction => {
+                    (mul(sample, alpha_t)? - mul(model_output, sigma_t)?)?
+                }
+            };
+            return match self.thresholding {
+                Some((ratio, max)) => threshold(&x0, ratio, max),
+                None => Ok(x0),
+            };
+        }
+        Ok(match self.prediction_type {
+            PredictionType::Epsilon => model_output.clone(),
+            PredictionType::Sample => div(&(sample - mul(model_output, alpha_t)?)?, sigma_t)?,
+            PredictionType::VPrediction => (mul(model_output, alpha_t)? + mul(sample, sigma_t)?)?,
         })
     }
 
