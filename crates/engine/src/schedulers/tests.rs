@@ -1031,3 +1031,26 @@ fn second_order_schedulers_have_order_two() {
         );
     }
 }
+
+/// A `scheduler_config.json` as diffusers writes it for DPM++ 2M Karras (Python's json:
+/// a bare `-Infinity`) loads, with the value diffusers reads.
+#[test]
+fn a_config_file_with_pythons_infinity_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scheduler_config.json");
+    std::fs::write(
+        &path,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "_diffusers_version": "0.27.0",
+            "algorithm_type": "dpmsolver++", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "euler_at_final": false, "final_sigmas_type": "zero",
+            "lambda_min_clipped": -Infinity, "lower_order_final": true,
+            "num_train_timesteps": 1000, "prediction_type": "epsilon", "sample_max_value": 1.0,
+            "solver_order": 2, "solver_type": "midpoint", "steps_offset": 1,
+            "thresholding": false, "timestep_spacing": "leading", "trained_betas": null,
+            "use_karras_sigmas": true, "use_lu_lambdas": false, "variance_type": null}"#,
+    )
+    .unwrap();
+    let config = SchedulerConfig::from_file(&path).unwrap();
+    assert_eq!(config.lambda_min_clipped, f64::NEG_INFINITY);
+    assert!(super::build(&config, 20).is_ok());
+}
