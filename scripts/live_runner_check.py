@@ -125,7 +125,7 @@ async def run(a):
         # 2. Registered by the SDK, listed, and called through the orchestrator.
         reg = await register_runner(orch, secret=SECRET, runner_url=echo_url, app="check/echo",
                                     mode="single-shot", capacity=1, auto_detect_gpu=False,
-                                    price=0.01, unit="fixed")
+                                    price=0.01, unit="fixed", unregister_on_close=False)
         runners = listed(orch, "check/echo")
         check(len(runners) == 1 and runners[0]["capacity"] == 1, f"discovery: {runners}")
         url = runners[0]["url"]
@@ -158,8 +158,7 @@ async def run(a):
         ok("capacity 1, two concurrent calls: one 200, one 503")
 
         # 4. Heartbeats stop (no unregister): gone after the TTL.
-        reg.unregister_on_close = False
-        await reg.close()
+        await reg.close()  # registered with unregister_on_close=False: heartbeats just stop
         started = time.monotonic()
         wait_for(lambda: not listed(orch, "check/echo"), "the silent runner to expire", timeout=40)
         waited = time.monotonic() - started
