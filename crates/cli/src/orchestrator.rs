@@ -18,6 +18,11 @@ pub struct OrchestratorArgs {
     /// --models are served.
     #[arg(long, env = "ORCH_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Live Runners registered from a file, go-livepeer's -liveRunnerConfig format:
+    /// `{"runners": [{label, runner_url, health_url, healthy_status_code, app, mode,
+    /// capacity, price_info, ...}]}`; each is listed while its health_url answers.
+    #[arg(long)]
+    live_runners: Option<PathBuf>,
     /// The base URL discovery advertises (go-livepeer's -serviceAddr) [default: the
     /// address each caller used].
     #[arg(long)]
@@ -41,9 +46,16 @@ pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
         Some(path) => load_models(path)?,
         None => Vec::new(),
     };
-    if models.is_empty() && a.secret.as_deref().unwrap_or_default().is_empty() {
+    let static_runners = match &a.live_runners {
+        Some(path) => tessera_orchestrator::static_runners::load(path)?,
+        None => Vec::new(),
+    };
+    if models.is_empty()
+        && static_runners.is_empty()
+        && a.secret.as_deref().unwrap_or_default().is_empty()
+    {
         anyhow::bail!(
-            "nothing to serve: give --models, or --secret for Live Runners to register with"
+            "nothing to serve: give --models, --live-runners, or --secret for Live Runners to register with"
         );
     }
     if a.secret.as_deref().unwrap_or_default().is_empty() {
@@ -52,6 +64,7 @@ pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
     let config = OrchestratorConfig {
         secret: a.secret,
         public_url: a.public_url,
+        static_runners,
         model_dir: a.engine.model_dir(),
         device: a.engine.device,
         safety_checker: a.engine.safety_checker,

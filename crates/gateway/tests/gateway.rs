@@ -560,6 +560,49 @@ async fn live_runners_register_are_discovered_are_called_and_unregister() {
     );
 }
 
+/// Runners from a static config (go-livepeer's `-liveRunnerConfig`): listed while their
+/// health URL answers, never while it does not.
+#[tokio::test]
+async fn static_live_runners_are_listed_while_healthy() {
+    let runner = fake_runner(Behaviour::Answer { tag: 4 }, None).await;
+    let statics = tessera_orchestrator::static_runners::parse(
+        &json!({"runners": [
+            {"label": "up", "runner_url": runner.url, "health_url": "/health",
+             "app": "tessera/image-to-image/org/model", "mode": "single-shot"},
+            {"label": "down", "runner_url": "http://127.0.0.1:9", "health_url": "/health",
+             "app": "tessera/image-to-image/org/other", "mode": "single-shot"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let o = orchestrator(
+        json!([]),
+        OrchestratorConfig {
+            static_runners: statics,
+            ..OrchestratorConfig::default()
+        },
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let (_, body) = get_json(&format!("{o}/discovery"), None).await;
+        if let Some(runners) = body[0]["runners"].as_array() {
+            break runners.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the healthy static runner was never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["app"], "tessera/image-to-image/org/model");
+    let url = listed[0]["url"].as_str().unwrap();
+    let (status, _, body) = post_job(url, form(input_png(4, 4), &[]), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(runner.hits(), 1);
+}
+
 #[tokio::test]
 async fn the_ledger_file_totals_jobs_per_orchestrator() {
     let good = fake_runner(Behaviour::Answer { tag: 1 }, None).await;

@@ -10,6 +10,7 @@
 mod backend;
 pub mod models;
 pub mod registry;
+pub mod static_runners;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct OrchestratorConfig {
     /// The secret runners bootstrap their registration with (go-livepeer's `-orchSecret`);
     /// `None` takes no registrations: only the orchestrator's own models are served.
     pub secret: Option<String>,
+    /// Runners registered from a file (go-livepeer's `-liveRunnerConfig`), health-polled.
+    pub static_runners: Vec<static_runners::StaticRunner>,
     /// The base URL discovery advertises and runners are told (go-livepeer's
     /// `-serviceAddr`); `None`: `http://` and the `Host` the request came to.
     pub public_url: Option<String>,
@@ -69,6 +72,7 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         Self {
             secret: None,
+            static_runners: Vec::new(),
             public_url: None,
             model_dir: tessera_engine::hub::default_model_dir(),
             device: "cpu".into(),
@@ -86,6 +90,7 @@ impl std::fmt::Debug for OrchestratorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrchestratorConfig")
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("static_runners", &self.static_runners)
             .field("public_url", &self.public_url)
             .field("model_dir", &self.model_dir)
             .field("device", &self.device)
@@ -172,6 +177,16 @@ impl Orchestrator {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let statics = config
+            .static_runners
+            .iter()
+            .map(|r| {
+                let id = registry
+                    .add_static(r.request.clone())
+                    .map_err(|e| anyhow::anyhow!("live runner {}: {}", r.label, e.msg))?;
+                Ok((id, r.clone()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let orchestrator = Self {
             inner: Arc::new(Inner {
                 registry,
@@ -181,6 +196,7 @@ impl Orchestrator {
             }),
         };
         orchestrator.spawn_sweep();
+        orchestrator.spawn_health_checks(statics);
         Ok(orchestrator)
     }
 
@@ -194,6 +210,29 @@ impl Orchestrator {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
                 inner.registry.purge_expired();
+            }
+        });
+    }
+
+    /// Polls each static runner's health every heartbeat interval, as go-livepeer's
+    /// `healthLoop`: listed while `health_url` answers the expected status, hidden when not.
+    fn spawn_health_checks(&self, statics: Vec<(String, static_runners::StaticRunner)>) {
+        if statics.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(HEARTBEAT_INTERVAL_SECS));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                for (id, runner) in &statics {
+                    let healthy = static_runners::healthy(&client, runner).await;
+                    inner
+                        .registry
+                        .set_status(id, if healthy { STATUS_READY } else { "unavailable" });
+                }
             }
         });
     }

@@ -144,6 +144,40 @@ impl Registry {
         id
     }
 
+    /// Adds a runner from the static config (see `static_runners`), checked as a heartbeat
+    /// body is; it is hidden until [`Registry::set_status`] says `ready`. Returns its id.
+    pub fn add_static(&self, request: HeartbeatRequest) -> Result<String, RegistryError> {
+        let request = normalize(request)?;
+        let mut entries = self.lock();
+        let id = fresh_id(&entries);
+        entries.insert(
+            id.clone(),
+            Entry {
+                upstream: Upstream::Registered {
+                    runner_url: request.runner_url.trim_end_matches('/').to_owned(),
+                },
+                request: HeartbeatRequest {
+                    runner_id: id.clone(),
+                    ..request
+                },
+                secret: None,
+                last_heartbeat: Instant::now(),
+                sessions: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Sets a static runner's status (`ready` lists it) as its health checks find it.
+    pub fn set_status(&self, runner_id: &str, status: &str) {
+        if let Some(e) = self.lock().get_mut(runner_id) {
+            if e.request.status != status {
+                tracing::info!(runner_id, status, "static live runner health changed");
+                e.request.status = status.to_owned();
+            }
+        }
+    }
+
     /// Updates what discovery says of a local model (its warmth, in `metadata`).
     pub fn set_local_metadata(&self, runner_id: &str, metadata: String) {
         if let Some(e) = self.lock().get_mut(runner_id) {

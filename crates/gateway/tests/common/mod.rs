@@ -146,6 +146,7 @@ pub async fn fake_runner(behaviour: Behaviour, token: Option<&str>) -> FakeRunne
     let (hits, gate) = (state.hits.clone(), state.gate.clone());
     let app = Router::new()
         .route("/image-to-image", post(fake_job))
+        .route("/health", axum::routing::get(|| async { "ok" }))
         .with_state(state);
     let url = listen(|l| async move { Ok(axum::serve(l, app).await?) }).await;
     FakeRunner { url, hits, gate }
