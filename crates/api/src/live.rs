@@ -49,7 +49,7 @@ pub fn model_of_app(app: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriceInfo {
     /// A JSON number, or a string holding one (go-livepeer's `json.Number`).
-    #[serde(deserialize_with = "number_or_string")]
+    #[serde(deserialize_with = "crate::price::number_or_string")]
     pub price: f64,
     #[serde(default = "usd")]
     pub currency: String,
@@ -63,22 +63,6 @@ fn usd() -> String {
 
 fn hour() -> String {
     "hour".into()
-}
-
-fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Num(f64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Num(n) => Ok(n),
-        Raw::Text(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a number"))),
-    }
 }
 
 /// The GPU a runner reports: an object, or (go-livepeer accepts it) a device index.

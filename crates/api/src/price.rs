@@ -109,20 +109,24 @@ pub struct Number(pub f64);
 
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Num(n) => Ok(Self(n)),
-            Raw::Text(s) => s
-                .trim()
-                .parse()
-                .map(Self)
-                .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a number"))),
-        }
+        number_or_string(d).map(Self)
+    }
+}
+
+/// A JSON number, or a string holding one (Go's `json.Number` accepts both).
+pub(crate) fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Num(n) => Ok(n),
+        Raw::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a number"))),
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use tessera_engine::safety::SafetyChecker;
+use tessera_testkit::max_abs_diff;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -18,20 +19,6 @@ fn safetensors(path: &std::path::Path) -> std::collections::HashMap<String, Tens
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-    (f(a) - f(b))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 #[test]
 fn checker_rounds_pixels_through_f16_as_ai_runner_calls_it() {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tessera_engine::noise::TorchCpuNoise;
 use tessera_engine::pipelines::{self, EditParams, Overrides};
+use tessera_testkit::max_abs_diff;
 
 /// The parity fixtures' bar; the latents agree to ~1e-5 in practice.
 const TOLERANCE: f32 = 1e-3;
@@ -64,18 +65,6 @@ fn params(p: &Value) -> EditParams {
     }
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 #[test]
 fn every_scheduler_runs_in_the_pipelines_as_diffusers_does() {

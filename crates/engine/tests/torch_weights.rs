@@ -10,6 +10,7 @@ use tessera_engine::noise::TorchCpuNoise;
 use tessera_engine::pipelines::{self, EditParams};
 use tessera_engine::safety::SafetyChecker;
 use tessera_engine::weights::{self, pickle, TensorMap};
+use tessera_testkit::max_abs_diff;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -23,20 +24,6 @@ fn safetensors(path: &Path) -> TensorMap {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-    (f(a) - f(b))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 /// Same names, dtypes, shapes and values (bit for bit: compared through f64, which holds
 /// every f32, f16, bf16 and small integer exactly).
