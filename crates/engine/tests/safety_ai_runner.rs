@@ -19,7 +19,6 @@ fn safetensors(path: &std::path::Path) -> std::collections::HashMap<String, Tens
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-
 #[test]
 fn checker_rounds_pixels_through_f16_as_ai_runner_calls_it() {
     // ai-runner: the float32 checker called with `pixel_values.to(torch.float16)`.

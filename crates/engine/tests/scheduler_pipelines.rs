@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde::Deserialize;
 use serde_json::Value;
 use tessera_engine::noise::TorchCpuNoise;
@@ -64,7 +64,6 @@ fn params(p: &Value) -> EditParams {
         strength: p["strength"].as_f64().unwrap_or(0.8),
     }
 }
-
 
 #[test]
 fn every_scheduler_runs_in_the_pipelines_as_diffusers_does() {

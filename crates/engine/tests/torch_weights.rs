@@ -24,7 +24,6 @@ fn safetensors(path: &Path) -> TensorMap {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-
 /// Same names, dtypes, shapes and values (bit for bit: compared through f64, which holds
 /// every f32, f16, bf16 and small integer exactly).
 fn assert_same(what: &str, got: &TensorMap, want: &TensorMap) {
