@@ -22,7 +22,7 @@ pub struct ModelEntry {
     /// `price_per_unit` for every `pixels_per_unit` pixels, in `currency`.
     #[serde(flatten)]
     pub price: UnitPrice,
-    /// Jobs this model takes at once; past it, `503 insufficient capacity`.
+    /// Calls this model takes at once; past it, `503 no capacity available for runner`.
     #[serde(default = "one_job")]
     pub capacity: u32,
     /// An external ai-runner-compatible runner serving this model (e.g. `tessera runner` on
