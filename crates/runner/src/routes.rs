@@ -192,12 +192,10 @@ async fn require_bearer(State(runner): State<Runner>, req: Request, next: Next) 
     tag = "generate",
     summary = "Image To Image",
     description = "Apply image transformations to a provided image.",
-    request_body(content(
-        (ImageToImage = "multipart/form-data"),
-        // The same fields as a JSON object, `image` as a data URL or base64 (what the Live
-        // Runner SDK's `call_runner` sends).
-        (ImageToImage = "application/json"),
-    )),
+    // The same fields are taken as a JSON object too (`image` as a data URL or base64, what
+    // the Live Runner SDK's `call_runner` sends); the document lists multipart only, since
+    // its `image` is binary, which a JSON body cannot carry as such.
+    request_body(content = ImageToImage, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Successful Response", body = ImageResponse),
         (status = 400, description = "Bad Request", body = HTTPError),
