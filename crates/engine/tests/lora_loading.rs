@@ -328,3 +328,213 @@ fn kohya_sdxl_stability_names_patch_the_diffusers_modules() {
         assert_eq!(changed, count, "{component}");
     }
 }
+
+/// What the tracing subscriber of a closure writes: the reasons LoRA failures log.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+/// LyCORIS formats diffusers refuses for SD/SDXL (tests/fixtures/lora/make_formats.py checks
+/// that it does), and UNet keys without `unet.`, which it ignores: unable to load, the format
+/// named in the log.
+#[test]
+fn formats_diffusers_does_not_load_are_refused_naming_the_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let peft_q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
+    let conv = "lora_unet_down_blocks_0_resnets_0_conv1";
+    let bare_q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora";
+    let alpha = || Tensor::new(4f32, &Device::Cpu).unwrap();
+    let cases: Vec<(&str, Vec<(String, Tensor)>)> = vec![
+        (
+            "LoHa",
+            vec![
+                (format!("{q}.alpha"), alpha()),
+                (format!("{q}.hada_w1_a"), ones(&[32, 4])),
+                (format!("{q}.hada_w1_b"), ones(&[4, 32])),
+                (format!("{q}.hada_w2_a"), ones(&[32, 4])),
+                (format!("{q}.hada_w2_b"), ones(&[4, 32])),
+            ],
+        ),
+        (
+            "LoKr",
+            vec![
+                (format!("{q}.alpha"), alpha()),
+                (format!("{q}.lokr_w1"), ones(&[4, 4])),
+                (format!("{q}.lokr_w2"), ones(&[8, 8])),
+            ],
+        ),
+        (
+            "LoKr",
+            vec![
+                (format!("{peft_q}.lokr_w1"), ones(&[4, 4])),
+                (format!("{peft_q}.lokr_w2"), ones(&[8, 8])),
+            ],
+        ),
+        (
+            "lora_mid",
+            vec![
+                (format!("{conv}.alpha"), alpha()),
+                (format!("{conv}.lora_down.weight"), ones(&[2, 32, 1, 1])),
+                (format!("{conv}.lora_mid.weight"), ones(&[2, 2, 3, 3])),
+                (format!("{conv}.lora_up.weight"), ones(&[32, 2, 1, 1])),
+            ],
+        ),
+        (
+            "without the 'unet.' prefix",
+            vec![
+                (format!("{bare_q}.down.weight"), ones(&[4, 32])),
+                (format!("{bare_q}.up.weight"), ones(&[32, 4])),
+            ],
+        ),
+    ];
+    for (i, (format, tensors)) in cases.into_iter().enumerate() {
+        let named: Vec<(&str, Tensor)> = tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.clone()))
+            .collect();
+        let path = write(dir.path(), &format!("{i}.safetensors"), &named);
+        let (result, log) = logged(|| LoraAdapter::from_file("org/lycoris", &path));
+        assert_eq!(
+            message(result),
+            "Unable to load LoRas for adapter 'org/lycoris'",
+            "{format}"
+        );
+        assert!(
+            log.contains("cannot load LoRA") && log.contains(format),
+            "{format}: {log}"
+        );
+    }
+}
+
+/// Every layout of a module patches it alike: the same factors as peft keys, diffusers'
+/// pre-peft keys and ≤ 0.20 attention-processor keys give bit-identical weights.
+#[test]
+fn older_diffusers_layouts_patch_what_peft_keys_patch() {
+    let dir = fixtures_dir().join("diffusers-parity/models/tiny-instruct-pix2pix");
+    let unet = load_component(
+        &dir.join("unet"),
+        "diffusion_pytorch_model",
+        None,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let te = load_component(&dir.join("text_encoder"), "model", None, &Device::Cpu).unwrap();
+    let attn = "mid_block.attentions.0.transformer_blocks.0.attn2";
+    let layer = "text_model.encoder.layers.1";
+    // (peft module, pre-peft key stem, ≤ 0.20 key stem, in, out)
+    let unet_modules = [
+        (
+            format!("{attn}.to_q"),
+            format!("{attn}.to_q.lora"),
+            format!("{attn}.processor.to_q_lora"),
+            64,
+            64,
+        ),
+        (
+            format!("{attn}.to_k"),
+            format!("{attn}.to_k.lora"),
+            format!("{attn}.processor.to_k_lora"),
+            32,
+            64,
+        ),
+        (
+            format!("{attn}.to_out.0"),
+            format!("{attn}.to_out.0.lora"),
+            format!("{attn}.processor.to_out_lora"),
+            64,
+            64,
+        ),
+    ];
+    let te_modules = [
+        (
+            format!("{layer}.self_attn.v_proj"),
+            format!("{layer}.self_attn.v_proj.lora_linear_layer"),
+            format!("{layer}.self_attn.to_v_lora"),
+            32,
+            32,
+        ),
+        (
+            format!("{layer}.self_attn.out_proj"),
+            format!("{layer}.self_attn.out_proj.lora_linear_layer"),
+            format!("{layer}.self_attn.to_out_lora"),
+            32,
+            32,
+        ),
+    ];
+    let mut layouts: [Vec<(String, Tensor)>; 3] = Default::default();
+    for (prefix, modules) in [
+        ("unet", &unet_modules[..]),
+        ("text_encoder", &te_modules[..]),
+    ] {
+        for (peft, old, procs, input, output) in modules.iter() {
+            let down = Tensor::randn(0f32, 1.0, (2, *input), &Device::Cpu).unwrap();
+            let up = Tensor::randn(0f32, 1.0, (*output, 2), &Device::Cpu).unwrap();
+            layouts[0].push((format!("{prefix}.{peft}.lora_A.weight"), down.clone()));
+            layouts[0].push((format!("{prefix}.{peft}.lora_B.weight"), up.clone()));
+            for (i, stem) in [(1, old), (2, procs)] {
+                layouts[i].push((format!("{prefix}.{stem}.down.weight"), down.clone()));
+                layouts[i].push((format!("{prefix}.{stem}.up.weight"), up.clone()));
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let adapters: Vec<Arc<LoraAdapter>> = layouts
+        .iter()
+        .enumerate()
+        .map(|(i, tensors)| {
+            let named: Vec<(&str, Tensor)> = tensors
+                .iter()
+                .map(|(k, t)| (k.as_str(), t.clone()))
+                .collect();
+            let path = write(tmp.path(), &format!("{i}.safetensors"), &named);
+            Arc::new(LoraAdapter::from_file(&format!("layout{i}"), &path).unwrap())
+        })
+        .collect();
+    for (component, base, count) in [("unet", &unet, 3), ("text_encoder", &te, 2)] {
+        let by_peft = patch(component, base, &[(adapters[0].clone(), 0.8)]).unwrap();
+        let changed = base
+            .iter()
+            .filter(|(n, w)| max_abs_diff(&by_peft[*n], w) > 0.0)
+            .count();
+        assert_eq!(changed, count, "{component}");
+        for other in &adapters[1..] {
+            let patched = patch(component, base, &[(other.clone(), 0.8)]).unwrap();
+            for name in base.keys() {
+                assert_eq!(
+                    max_abs_diff(&patched[name], &by_peft[name]),
+                    0.0,
+                    "{}: {component}/{name}",
+                    other.id
+                );
+            }
+        }
+    }
+}

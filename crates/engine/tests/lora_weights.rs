@@ -123,6 +123,21 @@ fn two_adapters_on_shared_weights_match_diffusers() {
     check_case("merged_two_adapters");
 }
 
+/// `pytorch_lora_weights.safetensors` as diffusers' training scripts wrote it before peft:
+/// UNet `….to_q.lora.down.weight`, text encoder `….q_proj.lora_linear_layer.down.weight`
+/// (tests/fixtures/lora/make_formats.py).
+#[test]
+fn diffusers_trained_lora_matches_diffusers() {
+    check_case("merged_diffusers_trained");
+}
+
+/// diffusers ≤ 0.20's attention-processor keys: `….attn1.processor.to_q_lora.down.weight`,
+/// `to_out_lora`, in the UNet and the text encoder.
+#[test]
+fn diffusers_attention_processor_lora_matches_diffusers() {
+    check_case("merged_diffusers_attn_procs");
+}
+
 #[test]
 fn factors_and_alphas_are_read_per_format() {
     let lora = fixtures_dir().join("lora/kohya-conv-te.safetensors");
@@ -161,6 +176,20 @@ fn factors_and_alphas_are_read_per_format() {
         .values()
         .flatten()
         .all(|m| m.alpha == m.rank() as f64));
+    // The pre-peft diffusers layouts carry no alpha: scale 1, as diffusers merges them.
+    for file in [
+        "diffusers-trained.safetensors",
+        "diffusers-attn-procs.safetensors",
+    ] {
+        let a = adapter(&fixtures_dir().join("lora").join(file));
+        assert!(
+            a.components
+                .values()
+                .flatten()
+                .all(|m| m.alpha == m.rank() as f64 && m.scaling() == 1.0),
+            "{file}"
+        );
+    }
 }
 
 #[test]

@@ -1,15 +1,25 @@
 //! Reading a LoRA file into per-component factor pairs, whatever trainer wrote it.
 //!
-//! Two key layouts are understood, the ones diffusers' `load_lora_weights` takes for Stable
+//! The key layouts understood are the ones diffusers' `load_lora_weights` takes for Stable
 //! Diffusion and SDXL:
 //! - diffusers/peft: `unet.<module>.lora_A.weight` (down) and `.lora_B.weight` (up), also under
 //!   `text_encoder.` and `text_encoder_2.`. Alpha comes from the peft config diffusers stores
 //!   in the file's `lora_adapter_metadata` (`lora_alpha`, `alpha_pattern`, `use_rslora`);
 //!   without one, alpha = rank (scale 1), the peft convention.
+//! - what diffusers' training scripts wrote before peft (0.21–0.26), under the same prefixes:
+//!   UNet `<module>.lora.down.weight` / `.lora.up.weight`, text encoders
+//!   `<module>.lora_linear_layer.down.weight` / `.up.weight`; and diffusers ≤ 0.20's
+//!   attention processors, `<attn>.processor.to_q_lora.down.weight` (`to_k_lora`,
+//!   `to_v_lora`, `to_out_lora`), meaning `<attn>.to_q` (`to_out.0`) in the UNet and
+//!   `<attn>.q_proj` (`out_proj`) in a text encoder. None of these carries an alpha (scale 1).
 //! - kohya-ss: `lora_unet_<module_with_underscores>.lora_down.weight`, `.lora_up.weight` and
 //!   an optional scalar `.alpha`; `lora_te_`/`lora_te1_` for the first text encoder,
 //!   `lora_te2_` for the second. Module names lose their dots, so they are matched against the
 //!   base model's names later (see `targets`).
+//!
+//! LyCORIS' LoHa (`hada_w1_a`), LoKr (`lokr_w1`) and Tucker-decomposed LoCon (`lora_mid`)
+//! files, which diffusers refuses for these models, are refused naming the format in the log;
+//! so are UNet keys without the `unet.` prefix, which diffusers ignores.
 //!
 //! Factors are kept in f32 on the CPU: they are small, and the merge computes in f32.
 
@@ -164,6 +174,15 @@ fn read_modules(
     tensors: HashMap<String, Tensor>,
     metadata: &HashMap<String, String>,
 ) -> std::result::Result<BTreeMap<Component, Vec<LoraModule>>, String> {
+    // Before anything else, so that the format is named whichever key comes first.
+    if let Some((key, format)) = tensors
+        .keys()
+        .find_map(|k| Some((k, unsupported_format(k)?)))
+    {
+        return Err(format!(
+            "{format} weights ('{key}'), which diffusers does not load either"
+        ));
+    }
     let mut parts: BTreeMap<Key, Parts> = BTreeMap::new();
     for (key, tensor) in tensors {
         // DoRA magnitudes: diffusers drops them (with a warning) and applies the plain LoRA.
@@ -171,8 +190,16 @@ fn read_modules(
             tracing::warn!(key, "ignoring a DoRA magnitude, as diffusers does");
             continue;
         }
-        let (component, kohya, module, part) =
-            classify(&key).ok_or_else(|| format!("unrecognised key '{key}'"))?;
+        let (component, kohya, module, part) = classify(&key).ok_or_else(|| {
+            if is_unprefixed_unet_key(&key) {
+                format!(
+                    "UNet LoRA keys without the 'unet.' prefix ('{key}'), which diffusers' \
+                     load_lora_weights ignores"
+                )
+            } else {
+                format!("unrecognised key '{key}'")
+            }
+        })?;
         let entry = parts.entry((component, kohya, module)).or_default();
         let tensor = tensor.to_dtype(DType::F32).map_err(|e| e.to_string())?;
         match part {
@@ -273,10 +300,83 @@ fn classify(key: &str) -> Option<(Component, bool, String, Part)> {
     ]
     .into_iter()
     .find_map(|c| Some((c, key.strip_prefix(c.name())?.strip_prefix('.')?)))?;
-    let (module, part) = [(".lora_A.weight", Part::Down), (".lora_B.weight", Part::Up)]
-        .into_iter()
-        .find_map(|(suffix, part)| Some((rest.strip_suffix(suffix)?, part)))?;
-    (!module.is_empty()).then(|| (component, false, module.to_string(), part))
+    // diffusers drops `.processor.` from every key it converts (≤ 0.20 attention processors).
+    let rest = rest.replace(".processor.", ".");
+    let suffixes = if component == Component::Unet {
+        &UNET_SUFFIXES[..]
+    } else {
+        &TEXT_ENCODER_SUFFIXES[..]
+    };
+    suffixes.iter().find_map(|(suffix, tail, part)| {
+        let module = rest.strip_suffix(suffix)?;
+        (!module.is_empty()).then(|| (component, false, format!("{module}{tail}"), *part))
+    })
+}
+
+/// (key suffix, what it adds to the module path, part) of the dotted layouts, peft's first.
+type Suffix = (&'static str, &'static str, Part);
+
+const UNET_SUFFIXES: [Suffix; 12] = [
+    (".lora_A.weight", "", Part::Down),
+    (".lora_B.weight", "", Part::Up),
+    // diffusers 0.21–0.26 (LoRACompatibleLinear / LoRACompatibleConv).
+    (".lora.down.weight", "", Part::Down),
+    (".lora.up.weight", "", Part::Up),
+    // diffusers ≤ 0.20 attention processors.
+    (".to_q_lora.down.weight", ".to_q", Part::Down),
+    (".to_q_lora.up.weight", ".to_q", Part::Up),
+    (".to_k_lora.down.weight", ".to_k", Part::Down),
+    (".to_k_lora.up.weight", ".to_k", Part::Up),
+    (".to_v_lora.down.weight", ".to_v", Part::Down),
+    (".to_v_lora.up.weight", ".to_v", Part::Up),
+    (".to_out_lora.down.weight", ".to_out.0", Part::Down),
+    (".to_out_lora.up.weight", ".to_out.0", Part::Up),
+];
+
+const TEXT_ENCODER_SUFFIXES: [Suffix; 12] = [
+    (".lora_A.weight", "", Part::Down),
+    (".lora_B.weight", "", Part::Up),
+    // diffusers' own text-encoder LoRA layers before peft.
+    (".lora_linear_layer.down.weight", "", Part::Down),
+    (".lora_linear_layer.up.weight", "", Part::Up),
+    // diffusers ≤ 0.20 attention processors, on CLIP's attention.
+    (".to_q_lora.down.weight", ".q_proj", Part::Down),
+    (".to_q_lora.up.weight", ".q_proj", Part::Up),
+    (".to_k_lora.down.weight", ".k_proj", Part::Down),
+    (".to_k_lora.up.weight", ".k_proj", Part::Up),
+    (".to_v_lora.down.weight", ".v_proj", Part::Down),
+    (".to_v_lora.up.weight", ".v_proj", Part::Up),
+    (".to_out_lora.down.weight", ".out_proj", Part::Down),
+    (".to_out_lora.up.weight", ".out_proj", Part::Up),
+];
+
+/// The LyCORIS format a key belongs to, if it is one diffusers does not load for SD/SDXL.
+fn unsupported_format(key: &str) -> Option<&'static str> {
+    const FORMATS: [(&str, &str); 3] = [
+        (".hada_", "LoHa (LyCORIS Hadamard-product)"),
+        (".lokr_", "LoKr (LyCORIS Kronecker-product)"),
+        (".lora_mid.", "LoCon with a Tucker middle factor (lora_mid)"),
+    ];
+    FORMATS
+        .iter()
+        .find(|(part, _)| key.contains(part))
+        .map(|(_, format)| *format)
+}
+
+/// Whether `key` would be a UNet LoRA key with `unet.` in front: the layout `save_attn_procs`
+/// wrote, which diffusers' `load_lora_weights` no longer reads.
+fn is_unprefixed_unet_key(key: &str) -> bool {
+    const TOP: [&str; 8] = [
+        "down_blocks.",
+        "mid_block.",
+        "up_blocks.",
+        "conv_in.",
+        "conv_out.",
+        "time_embedding.",
+        "add_embedding.",
+        "conv_norm_out.",
+    ];
+    TOP.iter().any(|t| key.starts_with(t)) && classify(&format!("unet.{key}")).is_some()
 }
 
 /// Factor shapes that make an update at all: down `[r, in]` or `[r, in, kh, kw]`, up
@@ -382,4 +482,91 @@ const PEFT_DEFAULT_ALPHA: f64 = 8.0;
 
 fn finite(v: &serde_json::Value) -> Option<f64> {
     v.as_f64().filter(|x| x.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_diffusers_layouts_name_the_peft_module() {
+        let attn = "down_blocks.0.attentions.0.transformer_blocks.0.attn1";
+        let te = "text_model.encoder.layers.0";
+        let cases = [
+            (
+                format!("unet.{attn}.to_q.lora.down.weight"),
+                Component::Unet,
+                format!("{attn}.to_q"),
+                Part::Down,
+            ),
+            (
+                format!("unet.{attn}.to_out.0.lora.up.weight"),
+                Component::Unet,
+                format!("{attn}.to_out.0"),
+                Part::Up,
+            ),
+            (
+                format!("unet.{attn}.processor.to_out_lora.down.weight"),
+                Component::Unet,
+                format!("{attn}.to_out.0"),
+                Part::Down,
+            ),
+            (
+                format!("unet.{attn}.processor.to_k_lora.up.weight"),
+                Component::Unet,
+                format!("{attn}.to_k"),
+                Part::Up,
+            ),
+            (
+                format!("text_encoder.{te}.mlp.fc1.lora_linear_layer.down.weight"),
+                Component::TextEncoder,
+                format!("{te}.mlp.fc1"),
+                Part::Down,
+            ),
+            (
+                format!("text_encoder_2.{te}.self_attn.to_out_lora.up.weight"),
+                Component::TextEncoder2,
+                format!("{te}.self_attn.out_proj"),
+                Part::Up,
+            ),
+        ];
+        for (key, component, module, part) in cases {
+            let (c, kohya, m, p) = classify(&key).unwrap_or_else(|| panic!("{key}"));
+            assert!(
+                c == component && !kohya && m == module && p == part,
+                "{key}: {m}"
+            );
+        }
+        // Each layout stays in its component: diffusers reads `lora_linear_layer` only in text
+        // encoders and `.lora.down` only in the UNet.
+        for key in [
+            format!("unet.{attn}.to_q.lora_linear_layer.down.weight"),
+            format!("text_encoder.{te}.mlp.fc1.lora.down.weight"),
+        ] {
+            assert!(classify(&key).is_none(), "{key}");
+        }
+    }
+
+    #[test]
+    fn lycoris_and_unprefixed_lora_keys_are_told_apart() {
+        let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+        assert_eq!(
+            unsupported_format(&format!("{q}.hada_w1_a")),
+            Some("LoHa (LyCORIS Hadamard-product)")
+        );
+        assert_eq!(
+            unsupported_format(&format!("{q}.lokr_w2")),
+            Some("LoKr (LyCORIS Kronecker-product)")
+        );
+        assert!(unsupported_format(&format!("{q}.lora_mid.weight")).is_some());
+        assert_eq!(unsupported_format(&format!("{q}.lora_down.weight")), None);
+        assert!(is_unprefixed_unet_key(
+            "mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight"
+        ));
+        assert!(is_unprefixed_unet_key("conv_in.lora_A.weight"));
+        assert!(!is_unprefixed_unet_key("model.diffusion_model.w"));
+        assert!(!is_unprefixed_unet_key(
+            "down_blocks.0.resnets.0.conv1.weight"
+        ));
+    }
 }
