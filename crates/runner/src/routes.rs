@@ -148,8 +148,24 @@ async fn metrics(State(runner): State<Runner>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi() -> Json<serde_json::Value> {
+    Json(document())
+}
+
+/// The OpenAPI document, with the JSON form of the request added: the multipart schema with
+/// `image` as text (a data URL or base64), since a JSON body cannot carry it as binary.
+fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let schemas = &mut doc["components"]["schemas"];
+    let mut json_body = schemas["Body_genImageToImage"].clone();
+    json_body["properties"]["image"] = json!({
+        "type": "string",
+        "description": "The image to modify: a data URL (data:image/png;base64,...) or base64.",
+    });
+    schemas["Body_genImageToImage_json"] = json_body;
+    doc["paths"]["/image-to-image"]["post"]["requestBody"]["content"]["application/json"] =
+        json!({"schema": {"$ref": "#/components/schemas/Body_genImageToImage_json"}});
+    doc
 }
 
 /// FastAPI's 404 body.
@@ -192,9 +208,8 @@ async fn require_bearer(State(runner): State<Runner>, req: Request, next: Next) 
     tag = "generate",
     summary = "Image To Image",
     description = "Apply image transformations to a provided image.",
-    // The same fields are taken as a JSON object too (`image` as a data URL or base64, what
-    // the Live Runner SDK's `call_runner` sends); the document lists multipart only, since
-    // its `image` is binary, which a JSON body cannot carry as such.
+    // The same fields are taken as a JSON object too (what the Live Runner SDK's `call_runner`
+    // sends); `document()` adds that media type.
     request_body(content = ImageToImage, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Successful Response", body = ImageResponse),

@@ -146,6 +146,20 @@ async fn the_openapi_document_matches_ai_runners() {
         op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"],
         "#/components/schemas/Body_genImageToImage"
     );
+    // The same request as JSON (what the Live Runner SDK sends), `image` as text.
+    assert_eq!(
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Body_genImageToImage_json"
+    );
+    assert_eq!(
+        schema(&doc, "Body_genImageToImage_json")["properties"]["image"]["type"],
+        "string"
+    );
+    assert!(
+        schema(&doc, "Body_genImageToImage_json")["properties"]["image"]
+            .get("format")
+            .is_none()
+    );
     for (status, target) in [
         ("200", "ImageResponse"),
         ("400", "HTTPError"),
