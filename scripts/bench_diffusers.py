@@ -12,8 +12,15 @@ Defaults as tessera's: UNet batch 3 (instruct-pix2pix guidance) on latents of th
 sample_size, context 77 tokens; text encoders batch 2 x 77; VAE batch 1 at the UNet's
 sample_size x the VAE scale factor (512 px for SD 1.5).
 
-  scripts/bench_diffusers.py --model-dir DIR [--component unet|vae-encode|vae-decode|text|all]
+`--component pipeline` times a whole edit as `tessera bench --component pipeline` does: the
+folder's pipeline (instruct-pix2pix, else image-to-image), --steps, no safety checker, one
+--size square image. `--compile` runs the UNet through torch.compile (compile time is in the
+warm-up call, not in the figures). On CUDA each result also has `peak_vram_mib` (torch's
+peak reserved memory).
+
+  scripts/bench_diffusers.py --model-dir DIR [--component unet|vae-encode|vae-decode|text|all|pipeline]
       [--batch N] [--size PX] [--iters N] [--device cpu] [--dtype f32] [--threads N] [--json]
+      [--steps N] [--guidance-scale G] [--image-guidance-scale G] [--strength S] [--compile]
 """
 import argparse
 import json
@@ -67,6 +74,7 @@ def meta_flops(build, dtype, inputs, call):
 
 class Bench:
     def __init__(self, args):
+        self.args = args
         self.dir = pathlib.Path(args.model_dir)
         self.batch = args.batch
         self.iters = args.iters
@@ -94,10 +102,17 @@ class Bench:
         """`inputs(device)` makes the call's arguments there (outside the timed interval) and
         `call(model, args)` runs the model on them."""
         own_peak = reset_peak_rss()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
-        model = load().to(self.device).eval()
+        model = load().to(self.device)
+        if hasattr(model, "eval"):
+            model = model.eval()
+        if self.args.compile and hasattr(model, "forward") and component == "unet":
+            model = torch.compile(model)
         load_s = time.perf_counter() - start
-        flops = meta_flops(build_meta, self.dtype, inputs, call)
+        flops = meta_flops(build_meta, self.dtype, inputs, call) if build_meta else 0
         args = inputs(self.device)
         times = []
         with torch.no_grad():
@@ -120,6 +135,8 @@ class Bench:
             "gflop": flops / 1e9,
             "gflop_per_s": flops / median / 1e6,
             "peak_rss_mib": peak / 2**20 if peak is not None else None,
+            "peak_vram_mib": (torch.cuda.max_memory_reserved(self.device) / 2**20
+                              if self.device.type == "cuda" else None),
         }
 
     def text(self, name):
@@ -187,10 +204,47 @@ class Bench:
             lambda m, a: m(a[0], a[1], a[2], added_cond_kwargs=a[3]))
 
 
+    def pipeline(self):
+        """A whole edit, as `tessera bench --component pipeline`: the same gradient image,
+        prompt, steps and guidance; no safety checker."""
+        from diffusers import AutoPipelineForImage2Image, StableDiffusionInstructPix2PixPipeline
+        from PIL import Image
+
+        a = self.args
+        pix2pix = "InstructPix2Pix" in self.index["_class_name"]
+        side = self.size
+        pixels = bytes(v for i in range(side * side)
+                       for v in ((i % side) * 255 // side, (i // side) * 255 // side, 128))
+        image = Image.frombytes("RGB", (side, side), pixels)
+        batch = self.batch or 1
+        kwargs = dict(prompt="turn it into a watercolour painting", image=image,
+                      num_inference_steps=a.steps, guidance_scale=a.guidance_scale,
+                      num_images_per_prompt=batch)
+        if pix2pix:
+            kwargs["image_guidance_scale"] = a.image_guidance_scale
+        else:
+            kwargs["strength"] = a.strength
+
+        def load():
+            extra = dict(safety_checker=None, requires_safety_checker=False) if "safety_checker" in self.index else {}
+            cls = StableDiffusionInstructPix2PixPipeline if pix2pix else AutoPipelineForImage2Image
+            pipe = cls.from_pretrained(self.dir, torch_dtype=self.dtype, **extra)
+            pipe.set_progress_bar_config(disable=True)
+            if a.compile:
+                pipe.unet = torch.compile(pipe.unet)
+            return pipe
+
+        def call(pipe, _):
+            pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(0))
+
+        return self.measure("pipeline", [batch, 3, side, side], load, None, lambda dev: None, call)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--component", default="all", choices=["unet", "vae-encode", "vae-decode", "text", "all"])
+    p.add_argument("--component", default="all",
+                   choices=["unet", "vae-encode", "vae-decode", "text", "all", "pipeline"])
     p.add_argument("--batch", type=int)
     p.add_argument("--size", type=int)
     p.add_argument("--iters", type=int, default=3)
@@ -198,6 +252,12 @@ def main():
     p.add_argument("--dtype", default="f32", choices=sorted(DTYPES))
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", action="store_true")
+    # As tessera bench's pipeline flags (ai-runner's defaults).
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--image-guidance-scale", type=float, default=1.5)
+    p.add_argument("--strength", type=float, default=0.8)
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     args = p.parse_args()
     if args.iters < 1:
         sys.exit("--iters must be at least 1")
@@ -230,6 +290,8 @@ def main():
         report(bench.unet())
     if bench.vae_cfg and wants("vae-decode"):
         report(bench.vae("vae-decode"))
+    if args.component == "pipeline":
+        report(bench.pipeline())
     if not results:
         sys.exit(f"{args.model_dir} has no component to bench for --component {args.component}")
     if args.json:

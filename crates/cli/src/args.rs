@@ -13,6 +13,9 @@ pub struct EngineArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Precision the models compute in: auto (f32 on the CPU, f16 on CUDA), f32, f16 or bf16.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
+    pub dtype: String,
     /// The NSFW safety checker: a model id (looked up in --model-dir) or a folder, loaded
     /// when a request first asks for a check and shared by every model of the process.
     #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]

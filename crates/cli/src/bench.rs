@@ -6,13 +6,20 @@
 mod flops;
 mod rss;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
+use tessera_api::defaults;
 use tessera_engine::clip::{ClipTextConfig, ClipTextModel};
+use tessera_engine::editor::{EditRequest, Editor, EditorConfig};
+use tessera_engine::hub::ModelStore;
+use tessera_engine::image_io::RgbImage;
+use tessera_engine::pipelines::EditParams;
+use tessera_engine::safety::SharedSafetyChecker;
 use tessera_engine::unet::{AddedConditioning, UNet2DConditionModel, UNetConfig};
 use tessera_engine::vae::{AutoencoderKl, VaeConfig};
 
@@ -53,6 +60,23 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+/// The request `--component pipeline` times: a whole edit (prompt encoding, image encoding,
+/// denoising, decoding; no safety check) of one `--size` square image, from a model folder.
+#[derive(clap::Args)]
+struct PipelineArgs {
+    /// Denoising steps of the pipeline bench.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = defaults::GUIDANCE_SCALE)]
+    guidance_scale: f64,
+    #[arg(long, default_value_t = defaults::IMAGE_GUIDANCE_SCALE)]
+    image_guidance_scale: f64,
+    #[arg(long, default_value_t = defaults::STRENGTH)]
+    strength: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,7 +86,10 @@ enum ComponentArg {
     VaeDecode,
     /// Every text encoder of the model.
     Text,
+    /// Every component above, one by one.
     All,
+    /// A whole edit through the pipeline (needs --model-dir; not part of `all`).
+    Pipeline,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -271,13 +298,13 @@ impl Plan {
         input: Vec<usize>,
         flops: u64,
         load: impl FnOnce() -> Result<M>,
-        mut call: impl FnMut(&M) -> Result<()>,
+        mut call: impl FnMut(&mut M) -> Result<()>,
     ) -> Result<Measurement> {
         let peak_is_own = rss::reset_peak();
         let start = Instant::now();
-        let model = load().with_context(|| format!("loading {component}"))?;
+        let mut model = load().with_context(|| format!("loading {component}"))?;
         let load_s = start.elapsed().as_secs_f64();
-        let times_ms = time_calls(self.iters, &self.device, || call(&model))
+        let times_ms = time_calls(self.iters, &self.device, || call(&mut model))
             .with_context(|| format!("running {component}"))?;
         Ok(Measurement {
             component: component.to_string(),
@@ -309,7 +336,7 @@ impl Plan {
             vec![batch, seq],
             flops,
             load,
-            |m: &ClipTextModel| {
+            |m: &mut ClipTextModel| {
                 m.forward(&ids)?;
                 Ok(())
             },
@@ -322,7 +349,7 @@ impl Plan {
         let x = self.randn(&shape)?;
         let flops = flops::vae_encode(cfg, batch, (self.size, self.size));
         let load = || source.vae(self.dtype, &self.device);
-        self.measure("vae-encode", shape, flops, load, |m: &AutoencoderKl| {
+        self.measure("vae-encode", shape, flops, load, |m: &mut AutoencoderKl| {
             m.encode(&x)?;
             Ok(())
         })
@@ -335,7 +362,7 @@ impl Plan {
         let z = self.randn(&shape)?;
         let flops = flops::vae_decode(cfg, batch, (latent, latent));
         let load = || source.vae(self.dtype, &self.device);
-        self.measure("vae-decode", shape, flops, load, |m: &AutoencoderKl| {
+        self.measure("vae-decode", shape, flops, load, |m: &mut AutoencoderKl| {
             m.decode(&z)?;
             Ok(())
         })
@@ -351,8 +378,54 @@ impl Plan {
         let flops =
             flops::unet(cfg, batch, (latent, latent), CONTEXT_LEN).map_err(anyhow::Error::msg)?;
         let load = || source.unet(self.dtype, &self.device);
-        self.measure("unet", shape, flops, load, |m: &UNet2DConditionModel| {
+        self.measure("unet", shape, flops, load, |m: &mut UNet2DConditionModel| {
             m.forward(&sample, 500.0, &context, added.as_ref())?;
+            Ok(())
+        })
+    }
+
+    /// A whole edit from the folder `dir`, as `tessera edit` runs it (FLOPs not counted).
+    fn pipeline(&self, dir: &Path, args: &PipelineArgs) -> Result<Measurement> {
+        let batch = self.batch.unwrap_or(1);
+        let side = self.size as u32;
+        // A smooth gradient: a real image's statistics matter little to the cost.
+        let pixels = (0..side * side)
+            .flat_map(|i| {
+                let (x, y) = (i % side, i / side);
+                [(x * 255 / side) as u8, (y * 255 / side) as u8, 128]
+            })
+            .collect();
+        let image = RgbImage::new(side, side, pixels)?;
+        let request = EditRequest {
+            params: EditParams {
+                prompt: "turn it into a watercolour painting".into(),
+                negative_prompt: String::new(),
+                num_inference_steps: args.steps,
+                guidance_scale: args.guidance_scale,
+                image_guidance_scale: args.image_guidance_scale,
+                strength: args.strength,
+            },
+            loras: Vec::new(),
+            seed: 0,
+            num_images: batch,
+            safety_check: false,
+        };
+        let store = ModelStore::new(dir);
+        let config = EditorConfig {
+            model_id: dir.to_string_lossy().into_owned(),
+            safety: Arc::new(SharedSafetyChecker::new(
+                store.clone(),
+                tessera_engine::safety::DEFAULT_MODEL_ID,
+                self.device.clone(),
+            )),
+            store,
+            device: self.device.clone(),
+            dtype: self.dtype,
+        };
+        let load = || Ok(Editor::load(&config)?);
+        let input = vec![batch, 3, self.size, self.size];
+        self.measure("pipeline", input, 0, load, |editor: &mut Editor| {
+            editor.edit(&image, &request, &mut |_, _| {}, &|| true)?;
             Ok(())
         })
     }
@@ -479,6 +552,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if wants(ComponentArg::VaeDecode) {
             report(plan.vae_decode(&source, cfg)?);
         }
+    }
+    if a.component == ComponentArg::Pipeline {
+        let Source::Folder(dir) = &source else {
+            bail!("--component pipeline needs --model-dir (a folder `tessera random-model` writes will do)");
+        };
+        report(plan.pipeline(dir, &a.pipeline)?);
     }
     if results.is_empty() {
         bail!(

@@ -96,6 +96,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
     let loras = parse_loras(a.loras.as_deref().unwrap_or(""))
         .map_err(|e| anyhow::anyhow!("--loras: {e}"))?;
     let device = tessera_engine::device::parse(&a.engine.device)?;
+    let dtype = tessera_engine::device::parse_dtype(&a.engine.dtype, &device)?;
     let store = tessera_engine::hub::ModelStore::new(a.engine.model_dir());
     let image = image_io::read(&a.image)?;
     // Fail on an unwritable destination now, not after minutes of denoising.
@@ -108,7 +109,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
     let mut editor = Editor::load(&EditorConfig {
         model_id: a.model.clone(),
         store,
-        dtype: tessera_engine::device::default_dtype(&device),
+        dtype,
         device,
         safety: Arc::new(safety),
     })

@@ -67,6 +67,7 @@ pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
         static_runners,
         model_dir: a.engine.model_dir(),
         device: a.engine.device,
+        dtype: a.engine.dtype,
         safety_checker: a.engine.safety_checker,
         max_cold_loaded: a.max_cold_loaded,
         limits: a.limits.limits(),

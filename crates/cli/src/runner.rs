@@ -86,6 +86,7 @@ pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
         model_dir: a.engine.model_dir(),
         auth_token: a.auth_token,
         device: a.engine.device,
+        dtype: a.engine.dtype,
         safety_checker: a.engine.safety_checker,
         version: a.version,
         queue_depth: a.queue_depth,

@@ -58,6 +58,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let orchestrator_config = OrchestratorConfig {
         model_dir: a.engine.model_dir(),
         device: a.engine.device,
+        dtype: a.engine.dtype,
         safety_checker: a.engine.safety_checker,
         limits: limits.clone(),
         ..OrchestratorConfig::default()

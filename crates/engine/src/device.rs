@@ -32,6 +32,20 @@ fn cuda(_ordinal: &str) -> Result<Device> {
     ))
 }
 
+/// The precision models run in: `auto` (the device's default, [`default_dtype`]), `f32`,
+/// `f16` or `bf16`.
+pub fn parse_dtype(name: &str, device: &Device) -> Result<DType> {
+    match name {
+        "auto" => Ok(default_dtype(device)),
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::InvalidInput(format!(
+            "unknown dtype '{other}' (expected auto, f32, f16 or bf16)"
+        ))),
+    }
+}
+
 /// The precision models run in on a device: f32 on the CPU (the reference), f16 on GPUs.
 pub fn default_dtype(device: &Device) -> DType {
     if device.is_cpu() {
@@ -49,6 +63,12 @@ mod tests {
     fn parses_device_names() {
         assert!(parse("cpu").unwrap().is_cpu());
         assert!(parse("tpu").unwrap_err().to_string().contains("tpu"));
+        assert_eq!(parse_dtype("auto", &Device::Cpu).unwrap(), DType::F32);
+        assert_eq!(parse_dtype("bf16", &Device::Cpu).unwrap(), DType::BF16);
+        assert!(parse_dtype("f8", &Device::Cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("'f8'"));
         #[cfg(not(feature = "cuda"))]
         assert!(parse("cuda")
             .unwrap_err()

@@ -199,6 +199,7 @@ impl LocalModel {
             model_id: self.model_id.clone(),
             model_dir: backends.config.model_dir.clone(),
             device: backends.config.device.clone(),
+            dtype: backends.config.dtype.clone(),
             limits: backends.config.limits.clone(),
             ..RunnerConfig::default()
         };

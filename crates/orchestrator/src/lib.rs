@@ -53,6 +53,8 @@ pub struct OrchestratorConfig {
     pub model_dir: PathBuf,
     /// `cpu`, `cuda` or `cuda:N`, for the in-process runners.
     pub device: String,
+    /// `auto`, `f32`, `f16` or `bf16`, for the in-process runners.
+    pub dtype: String,
     /// The NSFW safety checker of the in-process runners (hub id or folder), one for all.
     pub safety_checker: String,
     /// Cold models kept loaded at once. Loading one more first unloads the least recently
@@ -76,6 +78,7 @@ impl Default for OrchestratorConfig {
             public_url: None,
             model_dir: tessera_engine::hub::default_model_dir(),
             device: "cpu".into(),
+            dtype: "auto".into(),
             safety_checker: tessera_engine::safety::DEFAULT_MODEL_ID.into(),
             max_cold_loaded: 1,
             load_timeout: Duration::from_secs(600),
@@ -94,6 +97,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("public_url", &self.public_url)
             .field("model_dir", &self.model_dir)
             .field("device", &self.device)
+            .field("dtype", &self.dtype)
             .field("safety_checker", &self.safety_checker)
             .field("max_cold_loaded", &self.max_cold_loaded)
             .field("load_timeout", &self.load_timeout)

@@ -18,6 +18,8 @@ pub struct RunnerConfig {
     pub auth_token: Option<String>,
     /// `cpu`, `cuda` or `cuda:N` (see `tessera_engine::device::parse`).
     pub device: String,
+    /// `auto`, `f32`, `f16` or `bf16` (see `tessera_engine::device::parse_dtype`).
+    pub dtype: String,
     /// The NSFW safety checker (hub id in `model_dir`, or a folder), loaded when a request
     /// first asks for a check.
     pub safety_checker: String,
@@ -35,6 +37,7 @@ impl Default for RunnerConfig {
             model_dir: tessera_engine::hub::default_model_dir(),
             auth_token: None,
             device: "cpu".into(),
+            dtype: "auto".into(),
             safety_checker: tessera_engine::safety::DEFAULT_MODEL_ID.into(),
             version: "undefined".into(),
             queue_depth: 8,
@@ -51,6 +54,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("model_dir", &self.model_dir)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("device", &self.device)
+            .field("dtype", &self.dtype)
             .field("safety_checker", &self.safety_checker)
             .field("version", &self.version)
             .field("queue_depth", &self.queue_depth)

@@ -64,7 +64,7 @@ impl Runner {
         let editor = EditorConfig {
             model_id: config.model_id.clone(),
             store: ModelStore::new(&config.model_dir),
-            dtype: tessera_engine::device::default_dtype(&device),
+            dtype: tessera_engine::device::parse_dtype(&config.dtype, &device)?,
             device,
             safety,
         };
