@@ -103,15 +103,16 @@ over_budget() {
     return 1
 }
 
-# tessera and diffusers on one folder, one component set (extra args for both).
+# tessera and diffusers on one folder, one component set (extra args for both; DT overrides
+# the dtype).
 bench_pair() {
-    local arch="$1" dir="$2" phase="$3"; shift 3
+    local arch="$1" dir="$2" phase="$3" dt="${DT:-$dtype}"; shift 3
     over_budget "$arch $phase" && return
     echo "== $arch $phase: tessera"
-    measured 240 "$tessera" bench --model-dir "$dir" --device "$device" --dtype "$dtype" --json "$@" >"$work/t.json"
+    measured 240 "$tessera" bench --model-dir "$dir" --device "$device" --dtype "$dt" --json "$@" >"$work/t.json"
     record tessera "$arch" "$phase" "$work/t.json" "$vram"
     echo "== $arch $phase: diffusers"
-    measured 240 "$python" "$here/bench_diffusers.py" --model-dir "$dir" --device "$device" --dtype "$dtype" --json "$@" >"$work/d.json"
+    measured 240 "$python" "$here/bench_diffusers.py" --model-dir "$dir" --device "$device" --dtype "$dt" --json "$@" >"$work/d.json"
     record diffusers "$arch" "$phase" "$work/d.json" "$vram"
 }
 
@@ -120,15 +121,24 @@ measured 200 "$python" "$here/gpu_parity.py" --tessera "$tessera" --device "$dev
 parity_rc=$?
 
 run_arch() {
-    local arch="$1" size="$2"; shift 2
+    local arch="$1" size="$2"
     over_budget "$arch" && return
     local dir="$work/$arch"
     echo "== $arch: writing a random-weight folder"
     timeout 180 "$tessera" random-model --arch "$arch" --out "$dir" || { echo "random-model $arch failed"; return; }
-    bench_pair "$arch" "$dir" components --component all --size "$size" --iters 5 "$@"
+    if [[ "$arch" == "$pix2pix_arch" ]]; then
+        bench_pair "$arch" "$dir" components --component all --size "$size" --iters 5
+    else
+        # SDXL's UNet at batch 2 (classifier-free guidance); VAE at batch 1.
+        bench_pair "$arch" "$dir" components --component unet --batch 2 --size "$size" --iters 5
+        bench_pair "$arch" "$dir" components --component text --size "$size" --iters 5
+        bench_pair "$arch" "$dir" components --component vae-decode --size "$size" --iters 3
+        bench_pair "$arch" "$dir" components --component vae-encode --size "$size" --iters 3
+    fi
     bench_pair "$arch" "$dir" pipeline --component pipeline --size "$size" --iters 3 "${pipeline_args[@]}"
     if [[ "$arch" == "$pix2pix_arch" ]]; then
         bench_pair "$arch" "$dir" "pipeline-$long_steps" --component pipeline --size "$size" --iters 1 --steps "$long_steps"
+        ((dry)) || DT=bf16 bench_pair "$arch" "$dir" bf16 --component unet --size "$size" --iters 5
         if ((compile)) && ! over_budget "torch.compile"; then
             echo "== $arch: diffusers UNet under torch.compile"
             measured 240 "$python" "$here/bench_diffusers.py" --model-dir "$dir" --device "$device" --dtype "$dtype" \
