@@ -82,7 +82,7 @@ measured() {
 }
 
 # Phase bookkeeping: each result line goes to $work/results.jsonl.
-results="$work/results.jsonl"
+results="$out/results.jsonl"
 : >"$results"
 record() { "$python" - "$@" >>"$results" <<'PY'
 import json, sys
