@@ -521,7 +521,7 @@ impl TokenSpec {
     /// Resolves the `normalized` flag of a token listed as an added token (tokenizer.json's
     /// list, `added_tokens_decoder`): as given, else AddedToken's default, normalised unless
     /// special.
-    fn resolve(&self, special_by_default: bool) -> AddedSpec {
+    fn resolve_listed(&self) -> AddedSpec {
         match self {
             TokenSpec::Plain(content) => AddedSpec {
                 content: content.clone(),
@@ -534,7 +534,7 @@ impl TokenSpec {
                 ..
             } => AddedSpec {
                 content: content.clone(),
-                normalized: normalized.unwrap_or(!special.unwrap_or(special_by_default)),
+                normalized: normalized.unwrap_or(!special.unwrap_or(false)),
             },
         }
     }
@@ -745,7 +745,7 @@ fn decoder_tokens(decoder: &HashMap<String, TokenSpec>) -> Result<Vec<(u32, Adde
                     "tokenizer_config.json: added_tokens_decoder key '{id}' is not a token id"
                 ))
             })?;
-            Ok((id, spec.resolve(false)))
+            Ok((id, spec.resolve_listed()))
         })
         .collect()
 }
@@ -840,7 +840,7 @@ impl TokenizerJsonAdded {
             rstrip: None,
             single_word: None,
         }
-        .resolve(false)
+        .resolve_listed()
     }
 }
 

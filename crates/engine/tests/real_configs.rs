@@ -94,28 +94,9 @@ impl Expected {
     }
 }
 
-/// A safetensors file declaring `tensors` (f16), whose data is a hole: only the header is
-/// written, whatever the sizes.
+/// A shape-only weights file of `tensors` (f16).
 fn header_only(path: &Path, tensors: &Shapes) {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape) in tensors {
-        let len = 2 * shape.iter().product::<usize>();
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + len]}),
-        );
-        offset += len;
-    }
-    let mut text = serde_json::Value::Object(header).to_string();
-    while !(8 + text.len()).is_multiple_of(8) {
-        text.push(' ');
-    }
-    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(text.as_bytes());
-    std::fs::write(path, &bytes).unwrap();
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.set_len((bytes.len() + offset) as u64).unwrap();
+    shape_only::write_header_only(path, DType::F16, tensors).unwrap();
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -59,6 +59,52 @@ fn lock(log: &Log) -> std::sync::MutexGuard<'_, Vec<Built>> {
 
 pub(super) fn active() -> Option<Log> {
     ACTIVE.with(|a| a.borrow().clone())
+}
+
+/// Writes a safetensors file declaring `tensors` (name -> shape) in `dtype` whose data is a
+/// hole: only the header is written, so the file takes no disk space whatever the sizes (on
+/// filesystems with sparse files), and [`record`] loads it as shapes. Outside [`record`] it
+/// reads as zeros.
+pub fn write_header_only(
+    path: &Path,
+    dtype: DType,
+    tensors: &BTreeMap<String, Vec<usize>>,
+) -> Result<()> {
+    let code = match dtype {
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::F32 => "F32",
+        DType::F64 => "F64",
+        other => {
+            return Err(Error::Model(format!(
+                "shape-only weights are floating point, not {other:?}"
+            )))
+        }
+    };
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let len = dtype.size_in_bytes() * shape.iter().product::<usize>();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": code, "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    // The data starts 8-byte aligned, as safetensors' own writer pads it.
+    while !(8 + text.len()).is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text.as_bytes());
+    let io = |e| Error::io(path, e);
+    std::fs::write(path, &bytes).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    file.set_len((bytes.len() + offset) as u64).map_err(io)
 }
 
 /// The tensors of `files` as zero-memory broadcasts, from the safetensors headers alone.
@@ -164,32 +210,16 @@ impl SimpleBackend for Recording {
 mod tests {
     use super::*;
 
-    /// A safetensors file whose data is a hole: the header is all that is written.
-    fn header_only(path: &std::path::Path, tensors: &[(&str, &[usize])]) {
-        let mut header = serde_json::Map::new();
-        let mut offset = 0usize;
-        for (name, shape) in tensors {
-            let len = 4 * shape.iter().product::<usize>();
-            header.insert(
-                name.to_string(),
-                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
-            );
-            offset += len;
-        }
-        let text = serde_json::Value::Object(header).to_string();
-        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-        bytes.extend(text.as_bytes());
-        std::fs::write(path, &bytes).unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        f.set_len((bytes.len() + offset) as u64).unwrap();
-    }
-
     #[test]
     fn records_what_each_model_takes_without_reading_data() {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("m.safetensors");
         // 4 GiB of f32 declared; nothing of it is read or allocated.
-        header_only(&file, &[("big", &[1 << 15, 1 << 15]), ("unused", &[3])]);
+        let tensors = BTreeMap::from([
+            ("big".to_string(), vec![1 << 15, 1 << 15]),
+            ("unused".to_string(), vec![3]),
+        ]);
+        write_header_only(&file, DType::F32, &tensors).unwrap();
         let (taken, built) = record(|| {
             let map = super::super::load_files(std::slice::from_ref(&file), &Device::Cpu).unwrap();
             let vb = super::super::var_builder(map, DType::F16, &Device::Cpu);
