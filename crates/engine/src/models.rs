@@ -5,7 +5,7 @@
 //! families are special, as in ai-runner: the turbo models, distilled for one to four steps
 //! without guidance, and SDXL-Lightning, which ships only UNet weights for the SDXL base.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
@@ -119,12 +119,7 @@ impl ModelSpec {
             overrides.unet_weights = Some(store.resolve_file(repo, file)?);
         }
         if let Forced::Lightning { .. } = self.forced {
-            // ByteDance's instructions: Euler with trailing timesteps, whatever the base says.
-            let base = SchedulerConfig::from_file(&folder.join("scheduler/scheduler_config.json"))?;
-            overrides.scheduler = Some(
-                base.with("_class_name", "EulerDiscreteScheduler".into())?
-                    .with("timestep_spacing", "trailing".into())?,
-            );
+            overrides.scheduler = Some(self.scheduler_config(&folder)?);
         }
         pipelines::load_with(&folder, &overrides, device, dtype).map_err(|e| match e {
             // Name the model in what went wrong inside its folder (a missing file, a bad
@@ -132,6 +127,19 @@ impl ModelSpec {
             Error::Model(_) | Error::Io { .. } => Error::Model(format!("model '{}': {e}", self.id)),
             other => other,
         })
+    }
+
+    /// The scheduler config this model's pipeline runs, from its pipeline `folder`: the
+    /// folder's `scheduler/scheduler_config.json`, or for SDXL-Lightning ByteDance's
+    /// instructions, Euler with trailing timesteps whatever the base says.
+    pub fn scheduler_config(&self, folder: &Path) -> Result<SchedulerConfig> {
+        let own = SchedulerConfig::from_file(&folder.join("scheduler/scheduler_config.json"))?;
+        match self.forced {
+            Forced::Lightning { .. } => own
+                .with("_class_name", "EulerDiscreteScheduler".into())?
+                .with("timestep_spacing", "trailing".into()),
+            Forced::Nothing | Forced::Turbo => Ok(own),
+        }
     }
 
     /// Where the pipeline folder of this model would be (for messages and tests).

@@ -317,38 +317,48 @@ struct AddedVocab {
 
 impl AddedVocab {
     /// Gives each token its vocabulary id, or the next free id after the vocabulary and the
-    /// added ids so far (tokenizers' rule; textual-inversion tokens live there).
+    /// added ids so far (tokenizers' rule; textual-inversion tokens live there). A content
+    /// registered again keeps its id and takes the later `normalized` flag (tokenizers
+    /// replaces the earlier AddedToken).
     fn new(specs: &[AddedSpec], vocab: &HashMap<String, u32>) -> Self {
-        let mut added = Self {
-            raw: Vec::new(),
-            normalized: Vec::new(),
-            ids: HashMap::new(),
-        };
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut order: Vec<(&str, bool)> = Vec::new();
         for spec in specs {
-            if added.ids.contains_key(&spec.content) {
+            if let Some(seen) = order.iter_mut().find(|(c, _)| *c == spec.content) {
+                seen.1 = spec.normalized;
                 continue;
             }
             let id = match vocab.get(&spec.content) {
                 Some(id) => *id,
                 None => {
                     let size = vocab.len() as u32;
-                    match added.ids.values().max() {
+                    match ids.values().max() {
                         Some(&max) if max >= size || size == 0 => max + 1,
                         _ => size,
                     }
                 }
             };
-            added.ids.insert(spec.content.clone(), id);
+            ids.insert(spec.content.clone(), id);
+            order.push((&spec.content, spec.normalized));
+        }
+        let mut added = Self {
+            raw: Vec::new(),
+            normalized: Vec::new(),
+            ids: HashMap::new(),
+        };
+        for (content, normalized) in order {
+            let id = ids[content];
             // An empty pattern would match everywhere; tokenizers never matches it.
-            if spec.content.is_empty() {
+            if content.is_empty() {
                 continue;
             }
-            if spec.normalized {
-                added.normalized.push((normalize(&spec.content), id));
+            if normalized {
+                added.normalized.push((normalize(content), id));
             } else {
-                added.raw.push((spec.content.clone(), id));
+                added.raw.push((content.to_string(), id));
             }
         }
+        added.ids = ids;
         added
     }
 
@@ -494,13 +504,24 @@ enum TokenSpec {
         content: String,
         normalized: Option<bool>,
         special: Option<bool>,
+        // Read only to tell tokens apart (see `same_as`); tessera does not strip.
+        lstrip: Option<bool>,
+        rstrip: Option<bool>,
+        single_word: Option<bool>,
     },
 }
 
 impl TokenSpec {
-    /// Resolves the `normalized` flag: a bare string is a special token, never normalised; an
-    /// object without the flag normalises unless it is special (AddedToken's default).
-    fn resolve(&self, special_by_default: bool) -> AddedSpec {
+    fn content(&self) -> &str {
+        match self {
+            TokenSpec::Plain(content) | TokenSpec::Object { content, .. } => content,
+        }
+    }
+
+    /// Resolves the `normalized` flag of a token listed as an added token (tokenizer.json's
+    /// list, `added_tokens_decoder`): as given, else AddedToken's default, normalised unless
+    /// special.
+    fn resolve_listed(&self) -> AddedSpec {
         match self {
             TokenSpec::Plain(content) => AddedSpec {
                 content: content.clone(),
@@ -510,11 +531,56 @@ impl TokenSpec {
                 content,
                 normalized,
                 special,
+                ..
             } => AddedSpec {
                 content: content.clone(),
-                normalized: normalized.unwrap_or(!special.unwrap_or(special_by_default)),
+                normalized: normalized.unwrap_or(!special.unwrap_or(false)),
             },
         }
+    }
+
+    /// A named (bos, eos, ...) or extra special token as transformers 5 registers it: always
+    /// special, so normalised only when the object says `"normalized": true`; a bare string
+    /// never is.
+    fn resolve_special(&self) -> AddedSpec {
+        let normalized = match self {
+            TokenSpec::Plain(_) => false,
+            TokenSpec::Object { normalized, .. } => normalized.unwrap_or(false),
+        };
+        AddedSpec {
+            content: self.content().to_string(),
+            normalized,
+        }
+    }
+
+    /// transformers' duplicate check when it registers the special tokens (`token in
+    /// tokens_to_add`): a string equals a string of the same text, an AddedToken an AddedToken
+    /// with the same content and flags, and a string never an AddedToken. The flags are those
+    /// the AddedToken holds at that point: special_tokens_map.json's tokens (`from_map`) are
+    /// special already, tokenizer_config.json's as written (they become special later); an
+    /// AddedToken whose `normalized` is not written normalises unless it is special.
+    fn same_as(&self, from_map: bool, other: &TokenSpec, other_from_map: bool) -> bool {
+        let flags = |spec: &TokenSpec, from_map: bool| match spec {
+            TokenSpec::Plain(_) => None,
+            TokenSpec::Object {
+                normalized,
+                special,
+                lstrip,
+                rstrip,
+                single_word,
+                ..
+            } => {
+                let special = from_map || special.unwrap_or(false);
+                Some([
+                    normalized.unwrap_or(!special),
+                    special,
+                    lstrip.unwrap_or(false),
+                    rstrip.unwrap_or(false),
+                    single_word.unwrap_or(false),
+                ])
+            }
+        };
+        self.content() == other.content() && flags(self, from_map) == flags(other, other_from_map)
     }
 }
 
@@ -601,46 +667,62 @@ struct TokenSpecs {
 }
 
 impl TokenSpecs {
-    /// Combines the configs the way transformers 5 does: named tokens from tokenizer_config.json
-    /// (special_tokens_map.json overriding, when given), CLIPTokenizer's defaults for the rest;
-    /// then the `listed` added tokens in id order (their flags win for the same content), then
-    /// the named and extra special tokens not listed yet.
+    /// Combines the configs the way transformers 5 (`TokenizersBackend.__init__`) does: named
+    /// tokens from tokenizer_config.json (special_tokens_map.json overriding, when given),
+    /// CLIPTokenizer's defaults for the rest. Registered are the `listed` added tokens in id
+    /// order, then each named and extra special token in turn, skipping one whose content is
+    /// listed or that equals one already taken ([`TokenSpec::same_as`]). Where a content is
+    /// registered twice, the later flags win, as in tokenizers' added vocabulary: SDXL's
+    /// first tokenizer has a normalised eos `<|endoftext|>` and then the plain string as
+    /// pad, so "<|ENDOFTEXT|>" in a prompt is text, not eos.
     fn new(
         config: &TokenizerConfig,
         special: Option<&SpecialTokensMap>,
         mut listed: Vec<(u32, AddedSpec)>,
     ) -> Self {
         listed.sort_by_key(|(id, _)| *id);
-        let mut named = Vec::new();
+        // (key, token, whether special_tokens_map.json gave it)
+        let mut named_specs = Vec::new();
         for key in NAMED_TOKENS {
-            let from_special = special.and_then(|s| s.get(key)).map(|s| s.resolve(true));
-            let from_config = config.named.get(key).map(|s| s.resolve(false));
+            let from_map = special.and_then(|s| s.get(key)).map(|t| (t.clone(), true));
+            let from_config = config.named.get(key).map(|t| (t.clone(), false));
             let default = DEFAULT_NAMED
                 .iter()
                 .find(|(k, _)| *k == key)
-                .map(|(_, content)| AddedSpec {
-                    content: content.to_string(),
-                    normalized: false,
-                });
-            if let Some(spec) = from_special.or(from_config).or(default) {
-                named.push((key, spec));
+                .map(|(_, content)| (TokenSpec::Plain(content.to_string()), false));
+            if let Some((spec, from_map)) = from_map.or(from_config).or(default) {
+                named_specs.push((key, spec, from_map));
             }
         }
-        let mut extra: Vec<AddedSpec> = config
+        let mut extra: Vec<(&TokenSpec, bool)> = config
             .named
             .extra()
-            .iter()
-            .map(|s| s.resolve(true))
+            .into_iter()
+            .map(|t| (t, false))
             .collect();
         if let Some(special) = special {
-            extra.extend(special.extra().iter().map(|s| s.resolve(true)));
+            extra.extend(special.extra().into_iter().map(|t| (t, true)));
         }
 
+        let mut taken: Vec<(&TokenSpec, bool)> = Vec::new();
+        let candidates = named_specs
+            .iter()
+            .map(|(_, spec, from_map)| (spec, *from_map));
+        for (spec, from_map) in candidates.chain(extra) {
+            let is_listed = listed.iter().any(|(_, l)| l.content == spec.content());
+            let duplicate = taken.iter().any(|(t, m)| t.same_as(*m, spec, from_map));
+            if !is_listed && !duplicate {
+                taken.push((spec, from_map));
+            }
+        }
         let added = listed
             .into_iter()
             .map(|(_, spec)| spec)
-            .chain(named.iter().map(|(_, spec)| spec.clone()))
-            .chain(extra)
+            .chain(taken.into_iter().map(|(spec, _)| spec.resolve_special()))
+            .collect();
+        let named = named_specs
+            .iter()
+            .map(|(key, spec, _)| (*key, spec.resolve_special()))
             .collect();
         Self { named, added }
     }
@@ -663,7 +745,7 @@ fn decoder_tokens(decoder: &HashMap<String, TokenSpec>) -> Result<Vec<(u32, Adde
                     "tokenizer_config.json: added_tokens_decoder key '{id}' is not a token id"
                 ))
             })?;
-            Ok((id, spec.resolve(false)))
+            Ok((id, spec.resolve_listed()))
         })
         .collect()
 }
@@ -688,7 +770,7 @@ fn legacy_added_tokens(
         })
         .chain(config.named.extra())
         .chain(special.map(NamedTokens::extra).unwrap_or_default())
-        .map(|spec| spec.resolve(true).content)
+        .map(|spec| spec.content().to_string())
         .collect();
     Ok(file
         .into_iter()
@@ -754,8 +836,11 @@ impl TokenizerJsonAdded {
             content,
             normalized,
             special,
+            lstrip: None,
+            rstrip: None,
+            single_word: None,
         }
-        .resolve(false)
+        .resolve_listed()
     }
 }
 

@@ -8,6 +8,7 @@
 //! entries and rebuild a model without touching the base weights.
 
 pub mod pickle;
+pub mod shape_only;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -104,8 +105,11 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 /// [`pickle`], which rebuilds tensors and refuses everything else). Safetensors files are
 /// memory-mapped and each tensor copied out once, so a checkpoint does not sit in memory
 /// twice while it loads (a 10 GB SDXL UNet would not fit otherwise); a pickle's storages
-/// are read one at a time.
+/// are read one at a time. Inside [`shape_only::record`] only safetensors headers are read.
 pub fn load_files(files: &[PathBuf], device: &Device) -> Result<TensorMap> {
+    if shape_only::active().is_some() {
+        return shape_only::load_files(files, device);
+    }
     let mut map = TensorMap::new();
     for f in files {
         if f.extension().is_none_or(|e| e != "safetensors") {
@@ -137,8 +141,12 @@ pub fn load_component(
     load_files(&component_files(dir, stem, variant)?, device)
 }
 
-/// A `VarBuilder` over a tensor map, converting to `dtype` as tensors are taken.
+/// A `VarBuilder` over a tensor map, converting to `dtype` as tensors are taken (and, inside
+/// [`shape_only::record`], noting what is taken).
 pub fn var_builder(map: TensorMap, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    if let Some(log) = shape_only::active() {
+        return shape_only::var_builder(map, dtype, device, log);
+    }
     VarBuilder::from_tensors(map, dtype, device)
 }
 
