@@ -197,6 +197,7 @@ fn check_schedule(what: &str, spec: &ModelSpec, folder: &Path, want: &Schedule) 
 }
 
 #[test]
+#[ignore = "needs the Hub repos' own config files in tests/fixtures/real-configs/<org>--<name>/ (see SOURCES.md there): not committed, as fetched data; run with --ignored where they are present"]
 fn every_repo_loads_from_its_real_configs_as_diffusers_builds_it() {
     let expected = expected();
     assert_eq!(expected.repos.len(), 5, "{:?}", expected.versions);
@@ -235,6 +236,7 @@ fn every_repo_loads_from_its_real_configs_as_diffusers_builds_it() {
 }
 
 #[test]
+#[ignore = "needs the Hub repos' own config files in tests/fixtures/real-configs/<org>--<name>/ (see SOURCES.md there): not committed, as fetched data; run with --ignored where they are present"]
 fn sdxl_lightning_is_the_sdxl_base_with_bytedances_unet_and_scheduler() {
     let expected = expected();
     let checkpoints: serde_json::Value = serde_json::from_str(
@@ -285,6 +287,7 @@ fn sdxl_lightning_is_the_sdxl_base_with_bytedances_unet_and_scheduler() {
 }
 
 #[test]
+#[ignore = "needs the Hub repos' own config files in tests/fixtures/real-configs/<org>--<name>/ (see SOURCES.md there): not committed, as fetched data; run with --ignored where they are present"]
 fn the_safety_checker_of_the_real_configs_takes_every_tensor() {
     let expected = expected();
     let mut checked = 0;

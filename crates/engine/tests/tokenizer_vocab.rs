@@ -67,6 +67,7 @@ fn the_vocabulary_built_from_the_bpe_file_is_clips() {
 }
 
 #[test]
+#[ignore = "needs the Hub repos' own config files in tests/fixtures/real-configs/<org>--<name>/ (see SOURCES.md there): not committed, as fetched data; run with --ignored where they are present"]
 fn every_real_tokenizer_config_gives_transformers_ids() {
     let expected = expected();
     let vocab = clip_vocab::build();
