@@ -22,6 +22,8 @@ pub mod form;
 #[cfg(feature = "http")]
 pub mod live;
 #[cfg(feature = "http")]
+pub mod oversize;
+#[cfg(feature = "http")]
 pub mod price;
 #[cfg(feature = "http")]
 pub mod request;

@@ -64,6 +64,9 @@ pub fn router(runner: Runner) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(move |r, n| {
+            tessera_api::oversize::drain_oversized(body_limit, r, n)
+        }))
         .layer(TraceLayer::new_for_http())
         .with_state(runner)
 }
