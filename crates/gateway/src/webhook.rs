@@ -10,7 +10,7 @@
 //! name resolves to is checked, and the call goes to the checked addresses only (no second
 //! lookup a DNS trick could answer differently, no redirects).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};

@@ -150,7 +150,7 @@ impl Runner {
     pub(crate) async fn run(&self, job: Job) -> Reply {
         self.ready()?;
         let result = self.queue.submit(&self.shared, job, None)?;
-        self.answer(result).await
+        answer(self.waiting(), result).await
     }
 
     /// Queues `job` with a watcher: its events arrive on the receiver, which closes once the
@@ -168,37 +168,41 @@ impl Runner {
         self.ready()?;
         let (events, watcher): (Events, _) = mpsc::unbounded_channel();
         let result = self.queue.submit(&self.shared, job, Some(events))?;
-        let runner = self.clone();
-        Ok((watcher, async move { runner.answer(result).await }))
+        // Made now, not when the answer is first awaited: a stream dropped before its
+        // events are over counts as a client gone too.
+        Ok((watcher, answer(self.waiting(), result)))
     }
 
-    /// Waits for the worker's answer, counting a client that leaves before it.
-    async fn answer(&self, result: oneshot::Receiver<Reply>) -> Reply {
-        let mut waiting = Waiting {
-            metrics: self.metrics(),
+    fn waiting(&self) -> Waiting {
+        Waiting {
+            shared: self.shared.clone(),
             answered: false,
-        };
-        let reply = result.await.unwrap_or_else(|_| {
-            tracing::error!("the worker dropped a job without answering");
-            Err(ApiError::pipeline())
-        });
-        waiting.answered = true;
-        reply
+        }
     }
+}
+
+/// Waits for the worker's answer, counting a client that leaves before it.
+async fn answer(mut waiting: Waiting, result: oneshot::Receiver<Reply>) -> Reply {
+    let reply = result.await.unwrap_or_else(|_| {
+        tracing::error!("the worker dropped a job without answering");
+        Err(ApiError::pipeline())
+    });
+    waiting.answered = true;
+    reply
 }
 
 /// A request waiting for the worker; dropped unanswered, its client went away (which is
 /// worth counting: clients giving up is what an overloaded runner looks like).
-struct Waiting<'a> {
-    metrics: &'a Metrics,
+struct Waiting {
+    shared: Shared,
     answered: bool,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
         if !self.answered {
             tracing::info!("client gone before its images were ready");
-            self.metrics.client_gone();
+            self.shared.metrics().client_gone();
         }
     }
 }
