@@ -87,8 +87,8 @@ impl Progress {
     pub fn at(step: u32, steps: u32, image: u32, images: u32, elapsed_secs: f64) -> Self {
         let done = u64::from(image) * u64::from(steps) + u64::from(step);
         let total = u64::from(images) * u64::from(steps);
-        let remaining_secs = (done > 0)
-            .then(|| elapsed_secs / done as f64 * total.saturating_sub(done) as f64);
+        let remaining_secs =
+            (done > 0).then(|| elapsed_secs / done as f64 * total.saturating_sub(done) as f64);
         Self {
             step,
             steps,

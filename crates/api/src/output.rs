@@ -158,9 +158,15 @@ mod tests {
             (jpeg.format.mime(), jpeg.format.extension()),
             ("image/jpeg", "jpg")
         );
-        assert_eq!(OutputFormat::from_fields(None, None).unwrap(), OutputFormat::default());
+        assert_eq!(
+            OutputFormat::from_fields(None, None).unwrap(),
+            OutputFormat::default()
+        );
         let webp = OutputFormat::from_fields(Some("webp"), None).unwrap();
-        assert_eq!((webp.format, webp.quality), (ImageFormat::Webp, DEFAULT_QUALITY));
+        assert_eq!(
+            (webp.format, webp.quality),
+            (ImageFormat::Webp, DEFAULT_QUALITY)
+        );
         for f in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp] {
             assert_eq!(ImageFormat::from_extension(f.extension()), Some(f));
             assert_eq!(ImageFormat::from_mime(f.mime()), Some(f));
@@ -177,7 +183,9 @@ mod tests {
         );
         for q in [0, 101, -5] {
             let e = OutputFormat::from_fields(Some("png"), Some(q)).unwrap_err();
-            assert!(e.message().starts_with("output_quality must be between 1 and 100"));
+            assert!(e
+                .message()
+                .starts_with("output_quality must be between 1 and 100"));
         }
     }
 
@@ -185,7 +193,10 @@ mod tests {
     fn data_urls_round_trip_with_their_type() {
         let url = data_url(ImageFormat::Webp, b"RIFF");
         assert!(url.starts_with("data:image/webp;base64,"));
-        assert_eq!(parse_data_url(&url).unwrap(), (ImageFormat::Webp, b"RIFF".to_vec()));
+        assert_eq!(
+            parse_data_url(&url).unwrap(),
+            (ImageFormat::Webp, b"RIFF".to_vec())
+        );
         assert!(parse_data_url("data:image/gif;base64,R0lG").is_err());
     }
 }

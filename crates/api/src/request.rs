@@ -564,7 +564,10 @@ mod tests {
         let m = msg(valid(&[("output_format", "tiff")])
             .check("m", &Limits::default())
             .unwrap_err());
-        assert_eq!(m, "output_format must be one of png, jpeg, webp, got 'tiff'.");
+        assert_eq!(
+            m,
+            "output_format must be one of png, jpeg, webp, got 'tiff'."
+        );
         let m = msg(valid(&[("output_quality", "0")])
             .check("m", &Limits::default())
             .unwrap_err());

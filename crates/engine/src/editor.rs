@@ -128,7 +128,10 @@ impl Editor {
             return Ok(Vec::new());
         }
         self.edit_watched(image, request, &mut |step| {
-            on_step(step.image * step.steps + step.step, step.images * step.steps);
+            on_step(
+                step.image * step.steps + step.step,
+                step.images * step.steps,
+            );
             if keep_going() {
                 ControlFlow::Continue(())
             } else {
@@ -183,7 +186,9 @@ impl Editor {
                     latent_rgb,
                 })
             };
-            let generated = match self.pipeline.run_watched(&params, image, &mut noise, &mut report)
+            let generated = match self
+                .pipeline
+                .run_watched(&params, image, &mut noise, &mut report)
             {
                 Ok(generated) => generated,
                 Err(Error::Cancelled) => break,

@@ -63,7 +63,10 @@ fn every_step_is_reported_with_a_latent_preview() {
                 (preview.width, preview.height),
                 (image.width / 8, image.height / 8)
             );
-            assert_eq!(preview.data.len(), (preview.width * preview.height * 3) as usize);
+            assert_eq!(
+                preview.data.len(),
+                (preview.width * preview.height * 3) as usize
+            );
             seen.push((step.image, step.images, step.step, step.steps));
             ControlFlow::Continue(())
         })

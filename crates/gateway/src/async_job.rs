@@ -102,7 +102,9 @@ enum Outcome {
 
 /// How one attempt at one orchestrator went.
 enum Streamed {
-    Done { secs: f64 },
+    Done {
+        secs: f64,
+    },
     /// The request itself is bad: any other orchestrator would say the same.
     Refused(JobError),
     /// This orchestrator could not do it; another may.
@@ -261,7 +263,11 @@ pub(crate) async fn submit(gateway: &Gateway, headers: &HeaderMap, body: Bytes) 
     }
 }
 
-async fn accept(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Result<JobDocument, ApiError> {
+async fn accept(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<JobDocument, ApiError> {
     let mut form = Form::read(headers, body).await?;
     let webhook = webhook_url(gateway, &form).await?;
     form.parts.retain(|p| p.name != WEBHOOK_FIELD);
@@ -320,7 +326,11 @@ async fn accept(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Result<J
 
 /// The request's `webhook_url`, checked; a 400 saying what is wrong with it.
 async fn webhook_url(gateway: &Gateway, form: &Form) -> Result<Option<String>, ApiError> {
-    let Some(url) = form.text(WEBHOOK_FIELD)?.map(str::trim).filter(|u| !u.is_empty()) else {
+    let Some(url) = form
+        .text(WEBHOOK_FIELD)?
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    else {
         return Ok(None);
     };
     let config = &gateway.inner.webhooks;
@@ -477,9 +487,18 @@ async fn attempt(
             Err(e) => return Streamed::Failed(format!("reading the runner's events: {e}")),
         };
         let handled = match e.event.as_str() {
-            event::PROGRESS => parse(&e.data).map(|p: Progress| on_progress(live, p)),
+            event::PROGRESS => match parse::<Progress>(&e.data) {
+                Ok(p) => {
+                    on_progress(gateway, live, p).await;
+                    Ok(())
+                }
+                Err(why) => Err(why),
+            },
             event::PREVIEW => parse(&e.data).map(|p: Preview| {
-                live.update(|_| {}, |doc| doc.previews.then(|| Sent::new(event::PREVIEW, &p)));
+                live.update(
+                    |_| {},
+                    |doc| doc.previews.then(|| Sent::new(event::PREVIEW, &p)),
+                );
             }),
             event::IMAGE => match parse::<FinishedImage>(&e.data) {
                 Ok(image) => on_image(gateway, live, image).await,
@@ -517,17 +536,23 @@ fn parse<T: serde::de::DeserializeOwned>(data: &str) -> Result<T, String> {
     serde_json::from_str(data).map_err(|e| format!("an unusable event from the runner: {e}"))
 }
 
-/// A step done: the job is running, its progress timed from the job's arrival.
-fn on_progress(live: &Live, p: Progress) {
+/// A step done: the job is running (stored as such at its first step), its progress timed
+/// from the job's arrival.
+async fn on_progress(gateway: &Gateway, live: &Live, p: Progress) {
     let elapsed = live.started.elapsed().as_secs_f64();
     let progress = Progress::at(p.step, p.steps, p.image, p.images, elapsed);
-    live.update(
+    let mut started = false;
+    let doc = live.update(
         |doc| {
+            started = doc.status == JobStatus::Queued;
             doc.status = JobStatus::Running;
             doc.progress = Some(progress);
         },
         |doc| doc.progress.as_ref().map(|p| Sent::new(event::PROGRESS, p)),
     );
+    if started {
+        persist_logged(gateway, doc).await;
+    }
 }
 
 /// An image finished: stored under its index, listed, announced with its stored URL.
@@ -567,7 +592,11 @@ fn place(images: &mut Vec<Media>, index: usize, media: Media) {
 
 /// The final answer: any image not yet stored (a runner that sent no `image` events) is
 /// stored now; the list becomes the answer's.
-async fn store_answer(gateway: &Gateway, live: &Live, answer: &ImageResponse) -> Result<(), String> {
+async fn store_answer(
+    gateway: &Gateway,
+    live: &Live,
+    answer: &ImageResponse,
+) -> Result<(), String> {
     if answer.images.is_empty() {
         return Err("no images".into());
     }
@@ -697,10 +726,7 @@ pub(crate) async fn events(gateway: &Gateway, id: &str) -> Response {
             (first, Some((live, receiver)))
         }
         None => match document(gateway, id).await {
-            Ok(Some(doc)) => (
-                final_event(&doc).into_iter().collect(),
-                None,
-            ),
+            Ok(Some(doc)) => (final_event(&doc).into_iter().collect(), None),
             Ok(None) => return no_such_job(),
             Err(e) => {
                 return ApiError::internal("cannot read the job", format!("{e:#}")).into_response()
@@ -711,20 +737,18 @@ pub(crate) async fn events(gateway: &Gateway, id: &str) -> Response {
     let first = futures::stream::iter(first);
     let rest = futures::stream::unfold(live.filter(|_| !ended), |state| async move {
         let (live, mut receiver) = state?;
-        loop {
-            match receiver.recv().await {
-                Ok(sent) => {
-                    let next = (!sent.is_final()).then_some((live, receiver));
-                    return Some((vec![sent], next));
-                }
-                // Fell behind: the current state again, then on.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let (again, receiver) = live.subscribe();
-                    let next = (!again.iter().any(Sent::is_final)).then_some((live, receiver));
-                    return Some((again, next));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match receiver.recv().await {
+            Ok(sent) => {
+                let next = (!sent.is_final()).then_some((live, receiver));
+                Some((vec![sent], next))
             }
+            // Fell behind: the current state again, then on.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let (again, receiver) = live.subscribe();
+                let next = (!again.iter().any(Sent::is_final)).then_some((live, receiver));
+                Some((again, next))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     })
     .flat_map(futures::stream::iter);

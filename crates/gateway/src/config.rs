@@ -137,7 +137,10 @@ impl std::fmt::Debug for GatewayConfig {
             .field("storage", &"<set>")
             .field("retention_hours", &self.retention_hours)
             .field("ledger", &self.ledger)
-            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<set>"))
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<set>"),
+            )
             .field("webhook_allow_private", &self.webhook_allow_private)
             .finish_non_exhaustive()
     }

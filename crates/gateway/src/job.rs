@@ -208,7 +208,11 @@ fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
 }
 
 /// The orchestrators to try, best first; 503 naming the reason when there are none.
-pub(crate) fn choose(gateway: &Gateway, model_id: &str, pixels: u64) -> Result<Vec<Candidate>, ApiError> {
+pub(crate) fn choose(
+    gateway: &Gateway,
+    model_id: &str,
+    pixels: u64,
+) -> Result<Vec<Candidate>, ApiError> {
     let registry = &gateway.inner.registry;
     if !registry.offered(model_id) {
         return Err(ApiError::unavailable(format!(

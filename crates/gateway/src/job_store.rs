@@ -65,11 +65,9 @@ impl JobStore {
     pub fn get(&self, id: &str) -> anyhow::Result<Option<JobDocument>> {
         let text: Option<String> = self
             .db()
-            .query_row(
-                "SELECT document FROM async_jobs WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
+            .query_row("SELECT document FROM async_jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()
             .context("reading a job")?;
         text.map(|t| serde_json::from_str(&t).with_context(|| format!("job {id} is unreadable")))
@@ -81,9 +79,8 @@ impl JobStore {
     pub fn fail_unfinished(&self, why: &str, finished_at: f64) -> anyhow::Result<Vec<JobDocument>> {
         let texts: Vec<String> = {
             let db = self.db();
-            let mut q = db.prepare(
-                "SELECT document FROM async_jobs WHERE status IN ('queued', 'running')",
-            )?;
+            let mut q = db
+                .prepare("SELECT document FROM async_jobs WHERE status IN ('queued', 'running')")?;
             let rows = q.query_map([], |r| r.get(0))?;
             rows.collect::<Result<_, _>>().context("reading jobs")?
         };
@@ -139,7 +136,10 @@ mod tests {
         store.put(&doc("a", JobStatus::Succeeded)).unwrap();
         // A late write of the running state does not undo the end.
         store.put(&doc("a", JobStatus::Running)).unwrap();
-        assert_eq!(store.get("a").unwrap().unwrap().status, JobStatus::Succeeded);
+        assert_eq!(
+            store.get("a").unwrap().unwrap().status,
+            JobStatus::Succeeded
+        );
         store.put(&doc("b", JobStatus::Running)).unwrap();
         assert_eq!(store.get("c").unwrap(), None);
 
@@ -149,6 +149,9 @@ mod tests {
         let b = reopened.get("b").unwrap().unwrap();
         assert_eq!((b.status, b.finished_at), (JobStatus::Failed, Some(9.0)));
         assert_eq!(b.error.unwrap().msg, "restarted");
-        assert_eq!(reopened.get("a").unwrap().unwrap().status, JobStatus::Succeeded);
+        assert_eq!(
+            reopened.get("a").unwrap().unwrap().status,
+            JobStatus::Succeeded
+        );
     }
 }

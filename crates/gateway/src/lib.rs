@@ -214,7 +214,10 @@ async fn stream(
             let cache = format!("public, max-age={max_age}, immutable");
             (
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static(format.mime())),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(format.mime()),
+                    ),
                     (
                         header::CACHE_CONTROL,
                         HeaderValue::from_str(&cache)
@@ -245,7 +248,9 @@ async fn job_record(
     match async_job::document(&gateway, &request_id).await {
         Ok(Some(doc)) => return Json(doc).into_response(),
         Ok(None) => {}
-        Err(e) => return ApiError::internal("cannot read the job", format!("{e:#}")).into_response(),
+        Err(e) => {
+            return ApiError::internal("cannot read the job", format!("{e:#}")).into_response()
+        }
     }
     let ledger = gateway.inner.ledger.clone();
     let found = tokio::task::spawn_blocking(move || ledger.get(&request_id)).await;

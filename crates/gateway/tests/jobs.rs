@@ -166,7 +166,10 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "still waiting after 2 minutes");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting after 2 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -271,12 +274,24 @@ async fn async_events_arrive_in_order_and_end_with_the_synchronous_answer() {
         .map(|(_, p)| {
             assert!(p["elapsed_secs"].as_f64().unwrap() >= 0.0);
             let field = |k: &str| p[k].as_u64().unwrap();
-            (field("step"), field("steps"), field("image"), field("images"))
+            (
+                field("step"),
+                field("steps"),
+                field("image"),
+                field("images"),
+            )
         })
         .collect();
     assert_eq!(
         progress,
-        [(1, 3, 0, 2), (2, 3, 0, 2), (3, 3, 0, 2), (1, 3, 1, 2), (2, 3, 1, 2), (3, 3, 1, 2)]
+        [
+            (1, 3, 0, 2),
+            (2, 3, 0, 2),
+            (3, 3, 0, 2),
+            (1, 3, 1, 2),
+            (2, 3, 1, 2),
+            (3, 3, 1, 2)
+        ]
     );
     // Previews: small JPEGs of the latents, before each image's last step.
     let previews: Vec<&Value> = all
@@ -287,7 +302,10 @@ async fn async_events_arrive_in_order_and_end_with_the_synchronous_answer() {
     assert_eq!(previews.len(), 4, "{names:?}");
     let url = previews[0]["url"].as_str().unwrap();
     let jpeg = base64_decode(url.strip_prefix("data:image/jpeg;base64,").unwrap());
-    assert_eq!(image::guess_format(&jpeg).unwrap(), image::ImageFormat::Jpeg);
+    assert_eq!(
+        image::guess_format(&jpeg).unwrap(),
+        image::ImageFormat::Jpeg
+    );
     let preview = image::load_from_memory(&jpeg).unwrap();
     let input = image::load_from_memory(&square_png()).unwrap();
     assert_eq!(preview.width(), input.width() / 8);
@@ -394,10 +412,8 @@ async fn a_cancel_stops_the_engine_within_a_step_and_charges_the_finished_images
         "the steps the engine finished"
     );
     // Its slot at the orchestrator is free again.
-    wait_until(|| async {
-        (discovered(&o, MODEL).await["capacity_used"] == 0).then_some(())
-    })
-    .await;
+    wait_until(|| async { (discovered(&o, MODEL).await["capacity_used"] == 0).then_some(()) })
+        .await;
 
     // The finished image stays available; it alone is charged.
     let url = doc["images"][0]["url"].as_str().unwrap();
@@ -424,7 +440,12 @@ async fn a_cancel_stops_the_engine_within_a_step_and_charges_the_finished_images
 }
 
 /// A webhook receiver on loopback: what it was sent, and the status it answers with.
-async fn receiver(answers: Vec<StatusCode>) -> (String, tokio::sync::mpsc::UnboundedReceiver<(axum::http::HeaderMap, Vec<u8>)>) {
+async fn receiver(
+    answers: Vec<StatusCode>,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(axum::http::HeaderMap, Vec<u8>)>,
+) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let answers = Arc::new(Mutex::new(answers.into_iter()));
     let app = axum::Router::new().route(
@@ -509,20 +530,29 @@ async fn webhooks_get_the_signed_document_and_private_ones_need_the_flag() {
         let res = reqwest::Client::new()
             .post(format!("{strict}/image-to-image"))
             .header("prefer", "respond-async")
-            .multipart(form(square_png(), &[("webhook_url", url), ("safety_check", "false")]))
+            .multipart(form(
+                square_png(),
+                &[("webhook_url", url), ("safety_check", "false")],
+            ))
             .send()
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{url}");
         let body: Value = res.json().await.unwrap();
-        assert!(msg(&body).contains("this gateway refuses those"), "{url}: {body}");
+        assert!(
+            msg(&body).contains("this gateway refuses those"),
+            "{url}: {body}"
+        );
     }
     // A gateway without a secret sends no webhooks.
     let unsigned = gateway(another_gateway(dir.path(), &o, |_| {})).await;
     let res = reqwest::Client::new()
         .post(format!("{unsigned}/image-to-image"))
         .header("prefer", "respond-async")
-        .multipart(form(square_png(), &[("webhook_url", "https://example.com/hook")]))
+        .multipart(form(
+            square_png(),
+            &[("webhook_url", "https://example.com/hook")],
+        ))
         .send()
         .await
         .unwrap();

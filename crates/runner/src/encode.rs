@@ -53,7 +53,14 @@ mod tests {
             (ImageFormat::Jpeg, image::ImageFormat::Jpeg),
             (ImageFormat::Webp, image::ImageFormat::WebP),
         ] {
-            let bytes = encode(&rgb, OutputFormat { format, quality: 80 }).unwrap();
+            let bytes = encode(
+                &rgb,
+                OutputFormat {
+                    format,
+                    quality: 80,
+                },
+            )
+            .unwrap();
             assert_eq!(image::guess_format(&bytes).unwrap(), expected, "{format:?}");
             let decoded = image::load_from_memory(&bytes).unwrap();
             assert_eq!((decoded.width(), decoded.height()), (24, 16), "{format:?}");
@@ -65,8 +72,20 @@ mod tests {
         let rgb = gradient();
         for format in [ImageFormat::Jpeg, ImageFormat::Webp] {
             let low = encode(&rgb, OutputFormat { format, quality: 5 }).unwrap();
-            let high = encode(&rgb, OutputFormat { format, quality: 100 }).unwrap();
-            assert!(low.len() < high.len(), "{format:?}: {} vs {}", low.len(), high.len());
+            let high = encode(
+                &rgb,
+                OutputFormat {
+                    format,
+                    quality: 100,
+                },
+            )
+            .unwrap();
+            assert!(
+                low.len() < high.len(),
+                "{format:?}: {} vs {}",
+                low.len(),
+                high.len()
+            );
         }
     }
 }

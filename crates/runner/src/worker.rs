@@ -160,10 +160,10 @@ fn serve<M: Model>(shared: &Shared, mut model: M, queue: Receiver<Task>) {
         let result = catch_unwind(AssertUnwindSafe(|| {
             run_job(&mut model, &job, &keep_going, &watcher)
         }))
-            .unwrap_or_else(|panic| {
-                tracing::error!(panic = panic_message(&*panic), "the model panicked");
-                Err(ApiError::pipeline())
-            });
+        .unwrap_or_else(|panic| {
+            tracing::error!(panic = panic_message(&*panic), "the model panicked");
+            Err(ApiError::pipeline())
+        });
         let secs = started.elapsed().as_secs_f64();
         shared.metrics().inference_seconds(secs);
         if let Ok(media) = &result {
@@ -219,7 +219,7 @@ impl Watcher<'_> {
         );
         self.send(JobEvent::Progress(progress));
         let every = step.steps.div_ceil(PREVIEWS_PER_IMAGE).max(1);
-        if self.previews && step.step % every == 0 && step.step < step.steps {
+        if self.previews && step.step.is_multiple_of(every) && step.step < step.steps {
             let jpeg = OutputFormat {
                 format: ImageFormat::Jpeg,
                 quality: PREVIEW_QUALITY,

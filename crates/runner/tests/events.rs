@@ -16,29 +16,34 @@ use tessera_runner::{Generated, ModelStep, Runner, RunnerConfig};
 /// A server whose model makes each image in `steps` steps, each with a 4x4 grey preview,
 /// and gives the input back.
 async fn stepping_server(steps: usize) -> String {
-    let model = SteppingModel(move |image: &RgbImage, request: &tessera_runner::ImageRequest, _: &dyn Fn() -> bool, on_step: OnStep| {
-        if request.params.prompt == "fail" {
-            return Err(tessera_engine::Error::Model("a weight is missing".into()));
-        }
-        let preview = || {
-            Some(RgbImage {
-                width: 4,
-                height: 4,
-                data: vec![99; 48],
+    let model = SteppingModel(
+        move |image: &RgbImage,
+              request: &tessera_runner::ImageRequest,
+              _: &dyn Fn() -> bool,
+              on_step: OnStep| {
+            if request.params.prompt == "fail" {
+                return Err(tessera_engine::Error::Model("a weight is missing".into()));
+            }
+            let preview = || {
+                Some(RgbImage {
+                    width: 4,
+                    height: 4,
+                    data: vec![99; 48],
+                })
+            };
+            for step in 1..=steps {
+                on_step(ModelStep {
+                    step,
+                    steps,
+                    preview: &preview,
+                });
+            }
+            Ok(Generated {
+                image: image.clone(),
+                nsfw: false,
             })
-        };
-        for step in 1..=steps {
-            on_step(ModelStep {
-                step,
-                steps,
-                preview: &preview,
-            });
-        }
-        Ok(Generated {
-            image: image.clone(),
-            nsfw: false,
-        })
-    });
+        },
+    );
     let base = spawn(Runner::start_with(&config("m", None), move || Ok(model))).await;
     assert_eq!(settled_health(&base).await, "OK");
     base
@@ -46,7 +51,10 @@ async fn stepping_server(steps: usize) -> String {
 
 /// Posts `form` asking for events; returns the status, content type and the events (name,
 /// data) of the whole stream.
-async fn post_events(base: &str, form: reqwest::multipart::Form) -> (StatusCode, String, Vec<(String, Value)>) {
+async fn post_events(
+    base: &str,
+    form: reqwest::multipart::Form,
+) -> (StatusCode, String, Vec<(String, Value)>) {
     let res = reqwest::Client::new()
         .post(format!("{base}/image-to-image"))
         .header("accept", "text/event-stream")
@@ -81,10 +89,17 @@ fn parse_events(text: &str) -> Vec<(String, Value)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_has_every_step_image_and_the_answer_last() {
     let base = stepping_server(3).await;
-    let form = valid_form(&[("seed", "5"), ("previews", "true"), ("output_format", "jpeg")]);
+    let form = valid_form(&[
+        ("seed", "5"),
+        ("previews", "true"),
+        ("output_format", "jpeg"),
+    ]);
     let (status, content_type, events) = post_events(&base, form).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     // 3 steps: a preview after each but the last, of each of the 2 images.
     assert_eq!(
@@ -96,8 +111,18 @@ async fn the_stream_has_every_step_image_and_the_answer_last() {
     );
     let (_, first) = &events[0];
     assert_eq!(
-        (&first["step"], &first["steps"], &first["image"], &first["images"]),
-        (&Value::from(1), &Value::from(3), &Value::from(0), &Value::from(2))
+        (
+            &first["step"],
+            &first["steps"],
+            &first["image"],
+            &first["images"]
+        ),
+        (
+            &Value::from(1),
+            &Value::from(3),
+            &Value::from(0),
+            &Value::from(2)
+        )
     );
     let (_, preview) = &events[1];
     let url = preview["url"].as_str().unwrap();
@@ -136,12 +161,25 @@ async fn the_stream_has_every_step_image_and_the_answer_last() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_come_before_the_stream_and_failures_as_its_last_event() {
     let base = stepping_server(2).await;
-    let (status, content_type, _) = post_events(&base, valid_form(&[("output_format", "bmp")])).await;
+    let (status, content_type, _) =
+        post_events(&base, valid_form(&[("output_format", "bmp")])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(content_type.starts_with("application/json"), "{content_type}");
-    let a = post(&base, "/image-to-image", valid_form(&[("output_quality", "101")]), None).await;
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let a = post(
+        &base,
+        "/image-to-image",
+        valid_form(&[("output_quality", "101")]),
+        None,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert_eq!(msg(&a.body), "output_quality must be between 1 and 100, got 101.");
+    assert_eq!(
+        msg(&a.body),
+        "output_quality must be between 1 and 100, got 101."
+    );
 
     let (status, _, events) = post_events(&base, valid_form(&[("prompt", "fail")])).await;
     assert_eq!(status, StatusCode::OK);
@@ -156,28 +194,33 @@ async fn a_client_that_leaves_stops_the_model_within_a_step() {
     let stopped = Arc::new(AtomicUsize::new(0));
     let steps_done = Arc::new(AtomicUsize::new(0));
     let (seen_stop, seen_steps) = (stopped.clone(), steps_done.clone());
-    let model = SteppingModel(move |image: &RgbImage, _: &tessera_runner::ImageRequest, keep_going: &dyn Fn() -> bool, on_step: OnStep| {
-        for step in 1..=100 {
-            on_step(ModelStep {
-                step,
-                steps: 100,
-                preview: &|| None,
-            });
-            seen_steps.fetch_add(1, Ordering::SeqCst);
-            // Step 2 never ends while the client is there.
-            while step == 2 && keep_going() {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+    let model = SteppingModel(
+        move |image: &RgbImage,
+              _: &tessera_runner::ImageRequest,
+              keep_going: &dyn Fn() -> bool,
+              on_step: OnStep| {
+            for step in 1..=100 {
+                on_step(ModelStep {
+                    step,
+                    steps: 100,
+                    preview: &|| None,
+                });
+                seen_steps.fetch_add(1, Ordering::SeqCst);
+                // Step 2 never ends while the client is there.
+                while step == 2 && keep_going() {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                if !keep_going() {
+                    seen_stop.fetch_add(1, Ordering::SeqCst);
+                    return Err(tessera_engine::Error::Cancelled);
+                }
             }
-            if !keep_going() {
-                seen_stop.fetch_add(1, Ordering::SeqCst);
-                return Err(tessera_engine::Error::Cancelled);
-            }
-        }
-        Ok(Generated {
-            image: image.clone(),
-            nsfw: false,
-        })
-    });
+            Ok(Generated {
+                image: image.clone(),
+                nsfw: false,
+            })
+        },
+    );
     let base = spawn(Runner::start_with(
         &RunnerConfig {
             queue_depth: 1,
@@ -206,7 +249,11 @@ async fn a_client_that_leaves_stops_the_model_within_a_step() {
     wait_for(|| async { (stopped.load(Ordering::SeqCst) == 1).then_some(()) }).await;
     assert_eq!(steps_done.load(Ordering::SeqCst), 2);
     let page = get_text(&base, "/metrics").await;
-    assert_eq!(metric(&page, "tessera_runner_clients_gone_total"), Some(1.0), "{page}");
+    assert_eq!(
+        metric(&page, "tessera_runner_clients_gone_total"),
+        Some(1.0),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -214,13 +261,18 @@ async fn the_openapi_document_describes_the_new_fields_and_the_event_stream() {
     let base = stepping_server(1).await;
     let doc = get_json(&base, "/openapi.json").await;
     let body = &doc["components"]["schemas"]["Body_genImageToImage"]["properties"];
-    assert_eq!(body["output_format"]["enum"], serde_json::json!(["png", "jpeg", "webp"]));
+    assert_eq!(
+        body["output_format"]["enum"],
+        serde_json::json!(["png", "jpeg", "webp"])
+    );
     assert_eq!(body["output_quality"]["maximum"], 100);
     assert_eq!(body["previews"]["type"], "boolean");
     let required = doc["components"]["schemas"]["Body_genImageToImage"]["required"]
         .as_array()
         .unwrap();
-    assert!(!required.iter().any(|f| f == "output_format" || f == "previews"));
+    assert!(!required
+        .iter()
+        .any(|f| f == "output_format" || f == "previews"));
     let ok = &doc["paths"]["/image-to-image"]["post"]["responses"]["200"]["content"];
     assert!(ok["text/event-stream"]["schema"]["description"]
         .as_str()

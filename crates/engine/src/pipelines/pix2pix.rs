@@ -7,8 +7,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::patchable::Patchable;
-use super::text::TextEncoder;
 use super::preview::LatentRgb;
+use super::text::TextEncoder;
 use super::{EditOutput, EditParams, ImagePipeline, Step, Watch};
 use crate::error::{Error, Result};
 use crate::image_io::{self, RgbImage};

@@ -83,9 +83,12 @@ mod tests {
     #[test]
     fn each_latent_pixel_becomes_one_rgb_pixel() {
         // A 1x4x1x2 latent: the first pixel's channel 0 at 1, the second pixel all zero.
-        let latents =
-            Tensor::from_vec(vec![1f32, 0., 0., 0., 0., 0., 0., 0.], (1, 4, 1, 2), &Device::Cpu)
-                .unwrap();
+        let latents = Tensor::from_vec(
+            vec![1f32, 0., 0., 0., 0., 0., 0., 0.],
+            (1, 4, 1, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
         let rgb = LatentRgb::SD.to_rgb(&latents).unwrap();
         assert_eq!((rgb.width, rgb.height), (2, 1));
         let level = |v: f32| (((v + 1.0) / 2.0) * 255.0).round() as u8;

@@ -166,7 +166,12 @@ pub type OnStep<'a> = &'a mut dyn FnMut(ModelStep<'_>);
 
 impl<F> Model for SteppingModel<F>
 where
-    F: FnMut(&RgbImage, &ImageRequest, &dyn Fn() -> bool, OnStep) -> tessera_engine::Result<Generated>
+    F: FnMut(
+            &RgbImage,
+            &ImageRequest,
+            &dyn Fn() -> bool,
+            OnStep,
+        ) -> tessera_engine::Result<Generated>
         + Send,
 {
     fn generate(
