@@ -124,17 +124,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Jobs {
     /// Opens the jobs table in the ledger's SQLite file and fails the jobs a previous run
-    /// left unfinished (recording them in the ledger as failed).
-    pub(crate) fn open(path: &std::path::Path, ledger: &crate::Ledger) -> anyhow::Result<Self> {
+    /// left unfinished (recording them in the ledger as failed). Returns those too: their
+    /// webhooks are still to be sent ([`send_webhooks`]).
+    pub(crate) fn open(
+        path: &std::path::Path,
+        ledger: &crate::Ledger,
+    ) -> anyhow::Result<(Self, Vec<JobDocument>)> {
         let store = JobStore::open(path)?;
-        for doc in store.fail_unfinished(RESTARTED, now_secs())? {
+        let failed = store.fail_unfinished(RESTARTED, now_secs())?;
+        for doc in &failed {
             tracing::warn!(job = %doc.id, "job left unfinished by a restart marked failed");
-            ledger.record(&ledger_record(&doc))?;
+            ledger.record(&ledger_record(doc))?;
         }
-        Ok(Self {
+        let jobs = Self {
             store,
             live: Mutex::new(HashMap::new()),
-        })
+        };
+        Ok((jobs, failed))
     }
 
     fn live(&self, id: &str) -> Option<Arc<Live>> {
@@ -648,9 +654,16 @@ async fn finish(gateway: &Gateway, live: &Live, job: &Routed, outcome: Outcome) 
     }
     lock(&gateway.inner.jobs.live).remove(&doc.id);
     live.finished.send_replace(Some(doc.clone()));
-    if let Some(hook) = &doc.webhook {
-        let url = hook.url.clone();
-        tokio::spawn(send_webhook(gateway.clone(), doc.clone(), url));
+    send_webhooks(gateway, vec![doc]);
+}
+
+/// Sends the webhooks of `docs` (finished jobs) in the background.
+pub(crate) fn send_webhooks(gateway: &Gateway, docs: Vec<JobDocument>) {
+    for doc in docs {
+        if let Some(hook) = &doc.webhook {
+            let url = hook.url.clone();
+            tokio::spawn(send_webhook(gateway.clone(), doc, url));
+        }
     }
 }
 

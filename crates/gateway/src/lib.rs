@@ -77,7 +77,7 @@ impl Gateway {
             Duration::from_secs_f64(config.retention_hours * 3600.0),
         )?;
         let ledger = Ledger::open(&config.ledger)?;
-        let jobs = Jobs::open(&config.ledger, &ledger)?;
+        let (jobs, interrupted) = Jobs::open(&config.ledger, &ledger)?;
         let webhooks = WebhookConfig {
             secret: config.webhook_secret.clone(),
             allow_private: config.webhook_allow_private,
@@ -97,6 +97,8 @@ impl Gateway {
                 config,
             }),
         };
+        // Jobs a restart interrupted have ended (failed): their webhooks say so.
+        async_job::send_webhooks(&gateway, interrupted);
         gateway.refresh().await;
         gateway.spawn_background();
         Ok(gateway)

@@ -633,19 +633,27 @@ async fn jpeg_and_webp_results_are_stored_and_served_as_what_they_are() {
 async fn a_restarted_gateway_keeps_finished_jobs_and_fails_the_running_ones() {
     // The gate stays shut: the second job never gets past the runner's gate.
     let gate = Gate::default();
-    let (gw, o, dir) = network(gate.clone(), |_| {}).await;
+    let webhooks = |c: &mut GatewayConfig| {
+        c.webhook_secret = Some("webhook-secret".into());
+        c.webhook_allow_private = true;
+    };
+    let (gw, o, dir) = network(gate.clone(), webhooks).await;
     gate.open();
     let (_, done) = submit(&gw, &FIELDS).await;
     let done_id = done["id"].as_str().unwrap().to_owned();
     let finished = rest(&mut subscribe(&format!("{gw}/jobs/{done_id}/events")).await).await;
     assert_eq!(finished.last().unwrap().0, "done");
     gate.open.store(false, Ordering::SeqCst);
-    let (_, running) = submit(&gw, &FIELDS).await;
+    let (hook, mut received) = receiver(Vec::new()).await;
+    let mut fields = FIELDS.to_vec();
+    fields.push(("webhook_url", &hook));
+    let (_, running) = submit(&gw, &fields).await;
     let running_id = running["id"].as_str().unwrap().to_owned();
 
     // A second gateway on the same data is what a restart finds.
     let mut config = gateway_config(dir.path(), &[&o]);
     config.default_model = MODEL.into();
+    webhooks(&mut config);
     let restarted = gateway(config).await;
     let (status, doc) = get_json(&format!("{restarted}/jobs/{done_id}"), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -666,6 +674,16 @@ async fn a_restarted_gateway_keeps_finished_jobs_and_fails_the_running_ones() {
     );
     let ledger = tessera_gateway::Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
     assert_eq!(ledger.get(&running_id).unwrap().unwrap().status, "failed");
+    // Its webhook hears of it from the restarted gateway.
+    let (_, body) = tokio::time::timeout(Duration::from_secs(120), received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (&sent["id"], &sent["status"]),
+        (&lost["id"], &lost["status"])
+    );
     // An unknown job is a 404 on every route.
     let missing = "0123456789abcdef0123456789abcdef";
     for (method, path) in [
