@@ -378,16 +378,10 @@ impl Plan {
         let flops =
             flops::unet(cfg, batch, (latent, latent), CONTEXT_LEN).map_err(anyhow::Error::msg)?;
         let load = || source.unet(self.dtype, &self.device);
-        self.measure(
-            "unet",
-            shape,
-            flops,
-            load,
-            |m: &mut UNet2DConditionModel| {
-                m.forward(&sample, 500.0, &context, added.as_ref())?;
-                Ok(())
-            },
-        )
+        self.measure("unet", shape, flops, load, |m: &mut UNet2DConditionModel| {
+            m.forward(&sample, 500.0, &context, added.as_ref())?;
+            Ok(())
+        })
     }
 
     /// A whole edit from the folder `dir`, as `tessera edit` runs it (FLOPs not counted).
