@@ -15,7 +15,12 @@ stopping at the first failure:
 7. 16 images: 16 distinct URLs, each the image `tessera edit --num-images 16` makes;
 8. a `tessera runner --register-with` the cheap orchestrator is listed in its discovery and
    serves its model through the gateway; after that orchestrator restarts, the runner
-   registers again by itself; SIGTERM takes it out of discovery at once.
+   registers again by itself;
+9. an async job (`Prefer: respond-async`) to that registered runner streams one `progress`
+   event per step through gateway and orchestrator and ends with `done`, its image the
+   engine's; a second, long one is cancelled after its first `progress` event: it ends
+   `cancelled`, and the runner's slot is free again;
+10. SIGTERM takes the Live Runner out of discovery at once.
 """
 
 import argparse
@@ -162,6 +167,43 @@ def wait_for(probe, what, timeout=60):
             return got
         check(time.monotonic() < deadline, f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def post_async(url, fields, files, headers):
+    """POSTs a multipart form with `Prefer: respond-async`; returns (status, JSON body)."""
+    boundary = "tessera-check-boundary"
+    body = io.BytesIO()
+    for name, value in fields.items():
+        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode())
+    for name, (file_name, content) in files.items():
+        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\n"
+                   f"Content-Type: image/png\r\n\r\n".encode() + content + b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode())
+    req = urllib.request.Request(url, data=body.getvalue(), method="POST", headers={
+        **headers, "Prefer": "respond-async",
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as res:
+            return res.status, json.load(res)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def sse_events(url, headers):
+    """Yields (event, data) of a Server-Sent Events stream until it ends."""
+    req = urllib.request.Request(url, headers={**headers, "Accept": "text/event-stream"})
+    with urllib.request.urlopen(req, timeout=600) as res:
+        name, data = None, []
+        for raw in res:
+            line = raw.decode().rstrip("\r\n")
+            if not line:
+                if name is not None:
+                    yield name, json.loads("".join(data))
+                name, data = None, []
+            elif line.startswith("event:"):
+                name = line[len("event:"):].strip()
+            elif line.startswith("data:"):
+                data.append(line[len("data:"):].lstrip())
 
 
 def get_json(url, headers=None):
@@ -432,6 +474,50 @@ def run(a, cluster):
     _, images = image_to_image(seed=8, model=LIVE_MODEL)
     same_image(download(images[0].url), edit("live8", 8, 1)[0], images[0].url)
     ok("after its orchestrator restarted, the Live Runner registered again by itself and serves")
+
+    # 9. Async jobs through gateway -> orchestrator -> the registered runner: progress, then
+    # a cancel.
+    with open(image_path, "rb") as f:
+        content = f.read()
+    files = {"image": (image_path.name, content)}
+    fields = {"prompt": PROMPT, "model_id": LIVE_MODEL, "seed": 9, "num_inference_steps": STEPS,
+              "safety_check": "true"}
+    status, accepted = post_async(f"{gateway}/image-to-image", fields, files, auth)
+    check(status == 202 and accepted["status"] == "queued", f"async job: {status} {accepted}")
+    events = list(sse_events(urljoin(gateway + "/", accepted["urls"]["events"]), auth))
+    names = [n for n, _ in events]
+    # A late subscriber may start from the current state: the steps seen are the last ones.
+    steps = [d["step"] for n, d in events if n == "progress"]
+    check(names[-1] == "done", f"async job events end with {names[-1]}: {names}")
+    check(steps == list(range(STEPS - len(steps) + 1, STEPS + 1)) and len(steps) >= 1,
+          f"progress steps {steps} of {STEPS}")
+    done = events[-1][1]
+    same_image(download(done["images"][0]["url"]), edit("live9", 9, 1)[0], done["images"][0]["url"])
+    doc = get_json(urljoin(gateway + "/", accepted["urls"]["get"]), auth)
+    check(doc["status"] == "succeeded" and doc["images"] == done["images"]
+          and doc["orchestrator"] == cheap, f"the async job's document: {doc}")
+    ok(f"async job through the registered runner: {len(steps)} progress events, then done with tessera edit's image")
+
+    status, accepted = post_async(f"{gateway}/image-to-image",
+                                  {**fields, "num_inference_steps": SLOW_STEPS}, files, auth)
+    check(status == 202, f"slow async job: {status} {accepted}")
+    stream = sse_events(urljoin(gateway + "/", accepted["urls"]["events"]), auth)
+    first = next(stream)
+    check(first[0] == "progress", f"the slow job's first event is {first}")
+    req = urllib.request.Request(urljoin(gateway + "/", accepted["urls"]["cancel"]), data=b"",
+                                 method="POST", headers=auth)
+    with urllib.request.urlopen(req, timeout=60) as res:
+        cancelled = json.load(res)
+    check(cancelled["status"] == "cancelled", f"the cancel answered {cancelled}")
+    rest = [n for n, _ in stream]
+    check(rest and rest[-1] == "cancelled", f"after the cancel the stream had {rest}")
+    wait_for(lambda: (discovered(cheap, LIVE_MODEL) or {}).get("capacity_used") == 0,
+             "the Live Runner's slot freed after the cancel")
+    row = job(accepted["id"])
+    check(row["status"] == "cancelled" and row["images"] == [], f"the cancelled job: {row}")
+    ok(f"a {SLOW_STEPS}-step async job cancelled after its first progress event: cancelled, slot free")
+
+    # 10. SIGTERM takes the Live Runner out of discovery.
     cluster.stop("live", signal.SIGTERM)
     check(discovered(cheap, LIVE_MODEL) is None, "the stopped Live Runner is still in discovery")
     ok("SIGTERM on the Live Runner: gone from discovery at once")

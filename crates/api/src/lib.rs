@@ -20,7 +20,11 @@ pub mod error;
 #[cfg(feature = "http")]
 pub mod form;
 #[cfg(feature = "http")]
+pub mod jobs;
+#[cfg(feature = "http")]
 pub mod live;
+#[cfg(feature = "http")]
+pub mod output;
 #[cfg(feature = "http")]
 pub mod oversize;
 #[cfg(feature = "http")]
@@ -40,5 +44,7 @@ pub use text::quoted;
 pub use error::{ApiError, FieldError};
 #[cfg(feature = "http")]
 pub use form::Form;
+#[cfg(feature = "http")]
+pub use output::{ImageFormat, OutputFormat};
 #[cfg(feature = "http")]
 pub use request::{CheckedRequest, ImageToImage};

@@ -12,6 +12,7 @@ use crate::error::{ApiError, FieldError};
 use crate::form::Form;
 use crate::limits::Limits;
 use crate::loras::parse_loras;
+use crate::output::OutputFormat;
 
 /// The request as sent, typed but not yet checked against the model or the limits.
 #[derive(Debug, ToSchema)]
@@ -56,6 +57,16 @@ pub struct ImageToImage {
     /// Number of images to generate per prompt.
     #[schema(value_type = u32, default = json!(defaults::NUM_IMAGES_PER_PROMPT), required = false)]
     pub num_images_per_prompt: i128,
+    /// The file format of the results: png (lossless, ai-runner's only one), jpeg or webp.
+    #[schema(schema_with = output_format_schema, required = false)]
+    pub output_format: Option<String>,
+    /// Quality of jpeg and webp results, 1 (smallest) to 100 (best); png ignores it.
+    #[schema(value_type = u32, default = json!(crate::output::DEFAULT_QUALITY), minimum = 1, maximum = 100, required = false)]
+    pub output_quality: Option<i128>,
+    /// With `Accept: text/event-stream`: also stream `preview` events, a small JPEG of the
+    /// image being made every few steps.
+    #[schema(default = false, required = false)]
+    pub previews: bool,
 }
 
 /// A checked request: the undecoded upload and what to make of it.
@@ -73,6 +84,8 @@ pub struct CheckedRequest {
     pub safety_check: bool,
     /// One per output image: `seed + i`, as ai-runner numbers them.
     pub seeds: Vec<u64>,
+    pub output: OutputFormat,
+    pub previews: bool,
 }
 
 impl ImageToImage {
@@ -100,6 +113,9 @@ impl ImageToImage {
             num_images_per_prompt: f
                 .int("num_images_per_prompt")
                 .unwrap_or(defaults::NUM_IMAGES_PER_PROMPT.into()),
+            output_format: f.text("output_format"),
+            output_quality: f.int("output_quality"),
+            previews: f.bool("previews", false),
         };
         if f.errors.is_empty() {
             Ok(request)
@@ -154,7 +170,10 @@ impl ImageToImage {
             MAX_GUIDANCE,
         )?;
         let strength = in_range("strength", self.strength, 0.0, 1.0)?;
+        let output = OutputFormat::from_fields(self.output_format.as_deref(), self.output_quality)?;
         Ok(CheckedRequest {
+            output,
+            previews: self.previews,
             seeds: seeds(self.seed, images as u64)?,
             image: self.image,
             prompt,
@@ -168,6 +187,18 @@ impl ImageToImage {
             safety_check: self.safety_check,
         })
     }
+}
+
+/// `output_format` in the OpenAPI document: one of the formats, by name.
+fn output_format_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(crate::output::FORMATS))
+        .default(Some(serde_json::json!("png")))
+        .description(Some(
+            "The file format of the results: png (lossless, ai-runner's only one), jpeg or webp.",
+        ))
+        .build()
 }
 
 /// Guidance past this only burns the image; ai-runner checks nothing.
@@ -513,5 +544,33 @@ mod tests {
             .check("m", &Limits::default())
             .unwrap();
         assert!(job.safety_check);
+    }
+
+    #[test]
+    fn output_formats_and_previews_are_read_and_checked() {
+        let job = valid(&[]).check("m", &Limits::default()).unwrap();
+        assert_eq!(job.output, OutputFormat::default());
+        assert!(!job.previews);
+        let job = valid(&[
+            ("output_format", "jpeg"),
+            ("output_quality", "55"),
+            ("previews", "true"),
+        ])
+        .check("m", &Limits::default())
+        .unwrap();
+        assert_eq!(job.output.format, crate::ImageFormat::Jpeg);
+        assert_eq!(job.output.quality, 55);
+        assert!(job.previews);
+        let m = msg(valid(&[("output_format", "tiff")])
+            .check("m", &Limits::default())
+            .unwrap_err());
+        assert_eq!(
+            m,
+            "output_format must be one of png, jpeg, webp, got 'tiff'."
+        );
+        let m = msg(valid(&[("output_quality", "0")])
+            .check("m", &Limits::default())
+            .unwrap_err());
+        assert_eq!(m, "output_quality must be between 1 and 100, got 0.");
     }
 }

@@ -71,3 +71,26 @@ impl LimitArgs {
         }
     }
 }
+
+/// Webhooks of async jobs (`webhook_url`), for the roles that run a gateway.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// The key webhooks are signed with (`X-Tessera-Signature: sha256=<HMAC-SHA256>`);
+    /// without it, requests that ask for a webhook are refused.
+    #[arg(long, env = "TESSERA_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Let webhooks reach loopback, private and link-local addresses (refused by default:
+    /// the URL is the client's and must not reach internal services).
+    #[arg(long)]
+    pub webhook_allow_private: bool,
+}
+
+impl WebhookArgs {
+    /// Sets the gateway config's webhook fields the flags give.
+    pub fn apply(self, config: &mut tessera_gateway::GatewayConfig) {
+        if let Some(secret) = self.webhook_secret.filter(|s| !s.is_empty()) {
+            config.webhook_secret = Some(secret);
+        }
+        config.webhook_allow_private |= self.webhook_allow_private;
+    }
+}

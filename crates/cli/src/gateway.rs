@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use tessera_gateway::{Gateway, GatewayConfig, DEFAULT_PORT};
 
-use crate::args::ListenArgs;
+use crate::args::{ListenArgs, WebhookArgs};
 use crate::listen;
 
 #[derive(clap::Args)]
@@ -18,6 +18,8 @@ pub struct GatewayArgs {
     orchestrators: Vec<String>,
     #[command(flatten)]
     listen: ListenArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
 
 pub fn run(a: GatewayArgs) -> anyhow::Result<()> {
@@ -26,6 +28,7 @@ pub fn run(a: GatewayArgs) -> anyhow::Result<()> {
         None => GatewayConfig::default(),
     };
     config.orchestrators.extend(a.orchestrators);
+    a.webhooks.apply(&mut config);
     if config.orchestrators.is_empty() {
         anyhow::bail!("no orchestrators: list them in --config or with --orchestrator URL");
     }

@@ -12,7 +12,7 @@ use tessera_api::defaults;
 use tessera_gateway::{Gateway, GatewayConfig, StorageConfig};
 use tessera_orchestrator::{parse_models, Orchestrator, OrchestratorConfig};
 
-use crate::args::{EngineArgs, LimitArgs, ListenArgs};
+use crate::args::{EngineArgs, LimitArgs, ListenArgs, WebhookArgs};
 use crate::listen;
 
 #[derive(clap::Args)]
@@ -45,6 +45,8 @@ pub struct ServeArgs {
     retention_hours: f64,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -82,6 +84,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let public = listen::bind(&a.listen.host, port).await?;
         let internal = listen::bind("127.0.0.1", 0).await?;
         let mut gateway_config = gateway_config;
+        a.webhooks.apply(&mut gateway_config);
         gateway_config.orchestrators = vec![format!("http://{}", internal.local_addr()?)];
         let orchestrator = Orchestrator::start(models, orchestrator_config)?;
         // Serving before the gateway starts: the gateway asks it what it offers at once.

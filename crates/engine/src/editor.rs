@@ -3,9 +3,10 @@
 //! ai-runner numbers them) and the torch-compatible noise that makes a seed reproducible.
 //! The CLI's `edit` and the runner both go through here, so they cannot drift apart.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hub::ModelStore;
@@ -13,6 +14,7 @@ use crate::image_io::{self, RgbImage};
 use crate::lora::{self, LoraCache};
 use crate::models::ModelSpec;
 use crate::noise::TorchCpuNoise;
+use crate::pipelines::preview::LatentRgb;
 use crate::pipelines::{EditParams, ImagePipeline};
 use crate::safety::SharedSafetyChecker;
 
@@ -48,6 +50,26 @@ pub struct EditedImage {
     pub seed: u64,
     /// What the safety checker said; false when the check was not asked for (ai-runner).
     pub nsfw: bool,
+}
+
+/// One finished denoising step of an edit, as [`Editor::edit_watched`] reports it.
+pub struct EditStep<'a> {
+    /// The image being made (from 0) and how many the request makes.
+    pub image: usize,
+    pub images: usize,
+    /// Steps done of this image (1 after its first) and the steps each image takes.
+    pub step: usize,
+    pub steps: usize,
+    latents: &'a Tensor,
+    latent_rgb: LatentRgb,
+}
+
+impl EditStep<'_> {
+    /// A cheap preview of the image being made: its latents mapped linearly to RGB, at the
+    /// latents' size. Computed only when asked for.
+    pub fn preview(&self) -> Result<RgbImage> {
+        self.latent_rgb.to_rgb(self.latents)
+    }
 }
 
 pub struct Editor {
@@ -93,14 +115,39 @@ impl Editor {
 
     /// Generates `request.num_images` images from `image`, one after another (one image's
     /// activations in memory at a time, as ai-runner does). `on_step(done, total)` counts
-    /// denoising steps over all images; `keep_going` is asked before each image, so a
-    /// request whose client left stops early (with `Ok` of the images made so far).
+    /// denoising steps over all images; `keep_going` is asked after every step, so a
+    /// request whose client left stops within a step (with `Ok` of the images made so far).
     pub fn edit(
         &mut self,
         image: &RgbImage,
         request: &EditRequest,
         on_step: &mut dyn FnMut(usize, usize),
         keep_going: &dyn Fn() -> bool,
+    ) -> Result<Vec<EditedImage>> {
+        if !keep_going() {
+            return Ok(Vec::new());
+        }
+        self.edit_watched(image, request, &mut |step| {
+            on_step(
+                step.image * step.steps + step.step,
+                step.images * step.steps,
+            );
+            if keep_going() {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })
+    }
+
+    /// [`Editor::edit`] with every step reported to `watch` (which can render a preview);
+    /// answering `Break` stops the edit before its next step, with `Ok` of the images
+    /// finished so far.
+    pub fn edit_watched(
+        &mut self,
+        image: &RgbImage,
+        request: &EditRequest,
+        watch: &mut dyn FnMut(EditStep<'_>) -> ControlFlow<()>,
     ) -> Result<Vec<EditedImage>> {
         if request.num_images == 0 {
             return Err(Error::InvalidInput(
@@ -119,11 +166,9 @@ impl Editor {
             false => None,
         };
         let params = self.effective_params(&request.params);
+        let latent_rgb = self.pipeline.latent_rgb();
         let mut out = Vec::with_capacity(request.num_images);
         for i in 0..request.num_images {
-            if !keep_going() {
-                break;
-            }
             let seed = request.seed.checked_add(i as u64).ok_or_else(|| {
                 Error::InvalidInput(format!(
                     "seed {} + {} images overflows a 64-bit seed",
@@ -131,11 +176,24 @@ impl Editor {
                 ))
             })?;
             let mut noise = TorchCpuNoise::new(seed);
-            let mut progress =
-                |done: usize, steps: usize| on_step(i * steps + done, request.num_images * steps);
-            let generated = self
+            let mut report = |step: crate::pipelines::Step<'_>| {
+                watch(EditStep {
+                    image: i,
+                    images: request.num_images,
+                    step: step.done,
+                    steps: step.total,
+                    latents: step.latents,
+                    latent_rgb,
+                })
+            };
+            let generated = match self
                 .pipeline
-                .run(&params, image, &mut noise, &mut progress)?;
+                .run_watched(&params, image, &mut noise, &mut report)
+            {
+                Ok(generated) => generated,
+                Err(Error::Cancelled) => break,
+                Err(e) => return Err(e),
+            };
             for image in image_io::to_rgb8(&generated.images)? {
                 // The image is returned as it is either way, as ai-runner does.
                 let nsfw = match &checker {

@@ -30,6 +30,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// The caller stopped the generation (its watcher answered `Break`, or its client left).
+    #[error("the generation was cancelled")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -5,10 +5,12 @@ mod conditioning;
 pub mod img2img;
 mod patchable;
 pub mod pix2pix;
+pub mod preview;
 mod text;
 
 pub use img2img::Overrides;
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -58,16 +60,48 @@ pub struct EditOutput {
 /// Progress callback: (steps done, steps in total).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
+/// One finished denoising step, as a pipeline reports it to its watcher.
+pub struct Step<'a> {
+    /// Steps done (1 after the first) and steps the generation runs.
+    pub done: usize,
+    pub total: usize,
+    /// The latents after this step, as the UNet sees them (scaled by the VAE's factor).
+    pub latents: &'a Tensor,
+}
+
+/// Told of every step; answering `Break` stops the generation before its next step, with
+/// [`Error::Cancelled`].
+pub type Watch<'a> = &'a mut dyn FnMut(Step<'_>) -> ControlFlow<()>;
+
 pub trait ImagePipeline: Send + Sync {
     /// The diffusers class this pipeline reproduces.
     fn name(&self) -> &'static str;
+
+    /// Generates with `watch` told of every step (and able to stop the loop).
+    fn run_watched(
+        &self,
+        params: &EditParams,
+        image: &RgbImage,
+        noise: &mut dyn NoiseSource,
+        watch: Watch,
+    ) -> Result<EditOutput>;
+
+    /// [`ImagePipeline::run_watched`] for callers that only count steps.
     fn run(
         &self,
         params: &EditParams,
         image: &RgbImage,
         noise: &mut dyn NoiseSource,
         progress: Progress,
-    ) -> Result<EditOutput>;
+    ) -> Result<EditOutput> {
+        self.run_watched(params, image, noise, &mut |step| {
+            progress(step.done, step.total);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// The linear map from this pipeline's latents to RGB that previews use.
+    fn latent_rgb(&self) -> preview::LatentRgb;
 
     /// The components LoRA adapters may patch: (name in LoRA files, base weights).
     fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)>;

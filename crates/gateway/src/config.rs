@@ -44,6 +44,14 @@ pub struct GatewayConfig {
     /// What the gateway reads of a request: the body size and the image's sides (from its
     /// header). The runner's defaults, so that what passes a runner with them would take.
     pub limits: Limits,
+    /// The HMAC-SHA256 key webhooks are signed with; without one, requests that ask for a
+    /// webhook are refused.
+    pub webhook_secret: Option<String>,
+    /// Lets webhooks reach loopback, private and link-local addresses (refused otherwise:
+    /// the URL is the client's, and must not reach internal services).
+    pub webhook_allow_private: bool,
+    /// How long a webhook delivery is retried (with doubling waits) before it fails.
+    pub webhook_retry_secs: f64,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +70,9 @@ impl Default for GatewayConfig {
             attempt_timeout_secs: 300.0,
             total_timeout_secs: 600.0,
             limits: Limits::default(),
+            webhook_secret: None,
+            webhook_allow_private: false,
+            webhook_retry_secs: 60.0,
         }
     }
 }
@@ -86,6 +97,7 @@ impl GatewayConfig {
             ("refresh_secs", self.refresh_secs),
             ("attempt_timeout_secs", self.attempt_timeout_secs),
             ("total_timeout_secs", self.total_timeout_secs),
+            ("webhook_retry_secs", self.webhook_retry_secs),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 anyhow::bail!("{name} must be a number > 0, not {v}");
@@ -93,6 +105,9 @@ impl GatewayConfig {
         }
         if self.max_attempts == 0 {
             anyhow::bail!("max_attempts must be at least 1");
+        }
+        if self.webhook_secret.as_deref() == Some("") {
+            anyhow::bail!("webhook_secret must not be empty (leave it out for no webhooks)");
         }
         Ok(())
     }
@@ -122,6 +137,11 @@ impl std::fmt::Debug for GatewayConfig {
             .field("storage", &"<set>")
             .field("retention_hours", &self.retention_hours)
             .field("ledger", &self.ledger)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<set>"),
+            )
+            .field("webhook_allow_private", &self.webhook_allow_private)
             .finish_non_exhaustive()
     }
 }

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
 use bytes::Bytes;
+use tessera_api::output::parse_data_url;
 use tessera_api::wire::{ImageResponse, Media};
-use tessera_api::{defaults, ApiError, Form};
+use tessera_api::{defaults, ApiError, Form, ImageFormat, OutputFormat};
 
 use crate::ledger::{status, JobRecord};
 use crate::select::{rank, Candidate};
@@ -17,18 +17,34 @@ use crate::Gateway;
 
 /// What the gateway needs to know about a job before sending it: the form as it goes on,
 /// and what pricing and routing read of it.
-struct Routed {
-    form: Form,
-    model_id: String,
+pub(crate) struct Routed {
+    pub form: Form,
+    pub model_id: String,
     /// width × height × images of the input.
-    pixels: u64,
-    steps: u64,
+    pub pixels: u64,
+    pub images: u64,
+    pub steps: u64,
+}
+
+impl Routed {
+    /// What `finished` of the job's images are charged for: their share of the pixels.
+    pub fn pixels_of(&self, finished: u64) -> u64 {
+        self.pixels / self.images.max(1) * finished
+    }
+}
+
+/// One image of a runner's answer, decoded.
+pub(crate) struct Output {
+    pub bytes: Bytes,
+    pub format: ImageFormat,
+    pub seed: u64,
+    pub nsfw: bool,
 }
 
 /// How one orchestrator answered.
 enum Attempt {
-    /// Results, decoded: PNG bytes with their seed and NSFW flag.
-    Done(Vec<(Bytes, u64, bool)>),
+    /// Results, decoded.
+    Done(Vec<Output>),
     /// The request itself is bad (400, 413, 422): the client gets the runner's answer,
     /// since any other orchestrator would say the same.
     Refused(Response, String),
@@ -104,6 +120,14 @@ async fn run(
         .await
         .map_err(|e| rejected(record, e))?;
     let config = &gateway.inner.config;
+    if form.get(crate::webhook::FIELD).is_some() {
+        return Err(rejected(
+            record,
+            ApiError::bad_request(
+                "webhook_url is for async requests: send them with 'Prefer: respond-async'.",
+            ),
+        ));
+    }
     let job = inspect(form, &config.default_model, config.limits.max_image_side)
         .map_err(|e| rejected(record, e))?;
     record.model_id = job.model_id.clone();
@@ -119,7 +143,7 @@ async fn run(
         &job.model_id,
         secs / (job.pixels.max(1) * job.steps) as f64,
     );
-    let images = store(gateway, &record.request_id, results)
+    let images = store_all(gateway, &record.request_id, results)
         .await
         .map_err(|e| rejected(record, e))?;
     record.outputs = images.images.len() as u32;
@@ -127,8 +151,14 @@ async fn run(
 }
 
 /// Reads what pricing and routing need: the model (the default when empty), the input
-/// image's size from its header (no pixel is decoded here), the image count and steps.
-fn inspect(mut form: Form, default_model: &str, max_side: u32) -> Result<Routed, ApiError> {
+/// image's size from its header (no pixel is decoded here), the image count and steps, and
+/// checks the output format (so that a bad one is refused before any runner is asked).
+pub(crate) fn inspect(
+    mut form: Form,
+    default_model: &str,
+    max_side: u32,
+) -> Result<Routed, ApiError> {
+    OutputFormat::from_form(&form)?;
     let model_id = match form.text("model_id")?.map(str::trim) {
         None | Some("") => default_model.to_owned(),
         Some(m) => m.to_owned(),
@@ -152,6 +182,7 @@ fn inspect(mut form: Form, default_model: &str, max_side: u32) -> Result<Routed,
         form,
         model_id,
         pixels,
+        images: images.clamp(1, 1 << 20) as u64,
         steps,
     })
 }
@@ -177,7 +208,11 @@ fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
 }
 
 /// The orchestrators to try, best first; 503 naming the reason when there are none.
-fn choose(gateway: &Gateway, model_id: &str, pixels: u64) -> Result<Vec<Candidate>, ApiError> {
+pub(crate) fn choose(
+    gateway: &Gateway,
+    model_id: &str,
+    pixels: u64,
+) -> Result<Vec<Candidate>, ApiError> {
     let registry = &gateway.inner.registry;
     if !registry.offered(model_id) {
         return Err(ApiError::unavailable(format!(
@@ -204,7 +239,7 @@ async fn dispatch(
     record: &mut JobRecord,
     job: &Routed,
     candidates: Vec<Candidate>,
-) -> Result<(Candidate, Vec<(Bytes, u64, bool)>, f64), Failure> {
+) -> Result<(Candidate, Vec<Output>, f64), Failure> {
     let config = &gateway.inner.config;
     let deadline = Instant::now() + Duration::from_secs_f64(config.total_timeout_secs);
     let per_attempt = Duration::from_secs_f64(config.attempt_timeout_secs);
@@ -280,67 +315,69 @@ async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) 
 }
 
 /// `detail.msg` of an error body in the runner's shape.
-fn detail_msg(body: &[u8]) -> Option<String> {
+pub(crate) fn detail_msg(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     v["detail"]["msg"].as_str().map(str::to_owned)
 }
 
-/// The PNGs of a runner's answer, out of their data URLs.
-fn decode_results(body: &[u8]) -> Result<Vec<(Bytes, u64, bool)>, String> {
+/// The images of a runner's answer, out of their data URLs.
+fn decode_results(body: &[u8]) -> Result<Vec<Output>, String> {
     let images: ImageResponse =
         serde_json::from_slice(body).map_err(|e| format!("not a runner answer: {e}"))?;
     if images.images.is_empty() {
         return Err("no images".into());
     }
-    images
-        .images
-        .into_iter()
-        .map(|m| {
-            let b64 = m
-                .url
-                .strip_prefix("data:image/png;base64,")
-                .ok_or("an image is not a PNG data URL")?;
-            let png = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| format!("bad base64 in an image: {e}"))?;
-            Ok((Bytes::from(png), m.seed, m.nsfw))
-        })
-        .collect()
+    images.images.iter().map(decode_media).collect()
+}
+
+/// One image of a runner's answer, out of its data URL.
+pub(crate) fn decode_media(m: &Media) -> Result<Output, String> {
+    let (format, bytes) = parse_data_url(&m.url)?;
+    Ok(Output {
+        bytes: Bytes::from(bytes),
+        format,
+        seed: m.seed,
+        nsfw: m.nsfw,
+    })
 }
 
 /// Stores each image under its own name and answers with their URLs.
-async fn store(
+async fn store_all(
     gateway: &Gateway,
     request_id: &str,
-    results: Vec<(Bytes, u64, bool)>,
+    results: Vec<Output>,
 ) -> Result<ImageResponse, ApiError> {
-    let base = gateway
-        .inner
-        .config
-        .public_base_url
-        .as_deref()
-        .unwrap_or("")
-        .trim_end_matches('/');
     let mut images = Vec::with_capacity(results.len());
-    for (i, (png, seed, nsfw)) in results.into_iter().enumerate() {
-        let name = i.to_string();
-        gateway
-            .inner
-            .store
-            .put(request_id, &name, png)
-            .await
-            .map_err(|e| ApiError::internal("cannot store the results", format!("{e:#}")))?;
-        images.push(Media {
-            url: format!("{base}/stream/{request_id}/{name}.png"),
-            seed,
-            nsfw,
-        });
+    for (i, result) in results.into_iter().enumerate() {
+        images.push(store_one(gateway, request_id, i, result).await?);
     }
     Ok(ImageResponse { images })
 }
 
+/// Stores image `index` of a request as `<request-id>/<index>.<ext>` and answers with its
+/// URL (absolute when a public base URL is configured).
+pub(crate) async fn store_one(
+    gateway: &Gateway,
+    request_id: &str,
+    index: usize,
+    result: Output,
+) -> Result<Media, ApiError> {
+    let file = format!("{index}.{}", result.format.extension());
+    gateway
+        .inner
+        .store
+        .put(request_id, &file, result.bytes)
+        .await
+        .map_err(|e| ApiError::internal("cannot store the results", format!("{e:#}")))?;
+    Ok(Media {
+        url: format!("{}/stream/{request_id}/{file}", gateway.base_url()),
+        seed: result.seed,
+        nsfw: result.nsfw,
+    })
+}
+
 /// The form for reqwest, to send on. Built anew for each try: reqwest consumes it.
-fn to_reqwest(form: &Form) -> reqwest::multipart::Form {
+pub(crate) fn to_reqwest(form: &Form) -> reqwest::multipart::Form {
     form.parts
         .iter()
         .fold(reqwest::multipart::Form::new(), |out, p| {
@@ -362,7 +399,10 @@ pub(super) fn valid_request_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Image names are their index in the answer.
-pub(super) fn valid_image_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 4 && name.bytes().all(|b| b.is_ascii_digit())
+/// Stored images are `<index>.<ext>`, their index in the answer and their format's
+/// extension; the format of a valid name.
+pub(super) fn image_file_format(file: &str) -> Option<ImageFormat> {
+    let (name, ext) = file.split_once('.')?;
+    let index_ok = !name.is_empty() && name.len() <= 4 && name.bytes().all(|b| b.is_ascii_digit());
+    index_ok.then(|| ImageFormat::from_extension(ext)).flatten()
 }

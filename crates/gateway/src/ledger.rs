@@ -14,8 +14,10 @@ pub mod status {
     pub const OK: &str = "ok";
     /// The request was refused as invalid (by the gateway or by a runner).
     pub const REJECTED: &str = "rejected";
-    /// No orchestrator could do it.
+    /// No orchestrator could do it (or, for an async job, the gateway stopped meanwhile).
     pub const FAILED: &str = "failed";
+    /// An async job cancelled by its client: the images finished before are charged.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// One job.
@@ -149,7 +151,7 @@ impl Ledger {
         let db = self.db();
         let mut q = db.prepare(
             "SELECT orchestrator, currency, COUNT(*), SUM(status = 'ok'),
-                    COALESCE(SUM(CASE WHEN status = 'ok' THEN fee END), 0)
+                    COALESCE(SUM(CASE WHEN status IN ('ok', 'cancelled') THEN fee END), 0)
              FROM jobs WHERE orchestrator IS NOT NULL
              GROUP BY orchestrator, currency ORDER BY orchestrator, currency",
         )?;

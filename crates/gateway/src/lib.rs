@@ -1,16 +1,24 @@
 //! `tessera-gateway`: the public `POST /image-to-image`. It prices each job by its input
 //! pixels, sends it to the best orchestrator within the maximum price (retrying others on
 //! failure), stores the results ([`storage`]) and serves them at
-//! `/stream/<request-id>/<name>.png`, and records every job in the ledger ([`ledger`],
+//! `/stream/<request-id>/<index>.<ext>`, and records every job in the ledger ([`ledger`],
 //! `GET /jobs/<request-id>`). It speaks the runner's form and answers (`tessera_api`), so
 //! clients of ai-runner work against it; it runs no model and links no engine.
+//!
+//! With `Prefer: respond-async` a request is a job people can watch (`async_job`): 202 at
+//! once, then `GET /jobs/<id>`, `GET /jobs/<id>/events` (Server-Sent Events), cancel, and a
+//! signed webhook ([`webhook`]) when it ends; jobs are kept in SQLite beside the ledger
+//! ([`job_store`]) and survive restarts.
 
+mod async_job;
 mod config;
 mod job;
+pub mod job_store;
 pub mod ledger;
 mod registry;
 pub mod select;
 pub mod storage;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +39,9 @@ use tessera_api::auth::bearer_accepted;
 use tessera_api::price::PixelPrice;
 use tessera_api::ApiError;
 
+use crate::async_job::Jobs;
 use crate::storage::ResultStore;
+use crate::webhook::WebhookConfig;
 pub use config::{GatewayConfig, DEFAULT_PORT};
 pub use ledger::{JobRecord, Ledger, OrchestratorTotals};
 use registry::Registry;
@@ -52,6 +62,8 @@ struct Inner {
     registry: Registry,
     store: ResultStore,
     ledger: Ledger,
+    jobs: Jobs,
+    webhooks: WebhookConfig,
     client: reqwest::Client,
 }
 
@@ -65,8 +77,16 @@ impl Gateway {
             Duration::from_secs_f64(config.retention_hours * 3600.0),
         )?;
         let ledger = Ledger::open(&config.ledger)?;
+        let (jobs, interrupted) = Jobs::open(&config.ledger, &ledger)?;
+        let webhooks = WebhookConfig {
+            secret: config.webhook_secret.clone(),
+            allow_private: config.webhook_allow_private,
+            retry_for: Duration::from_secs_f64(config.webhook_retry_secs),
+        };
         let gateway = Self {
             inner: Arc::new(Inner {
+                jobs,
+                webhooks,
                 max_prices: config.max_prices()?,
                 registry: Registry::new(&config.orchestrators),
                 client: reqwest::Client::builder()
@@ -77,6 +97,8 @@ impl Gateway {
                 config,
             }),
         };
+        // Jobs a restart interrupted have ended (failed): their webhooks say so.
+        async_job::send_webhooks(&gateway, interrupted);
         gateway.refresh().await;
         gateway.spawn_background();
         Ok(gateway)
@@ -122,6 +144,16 @@ impl Gateway {
         prices.get(model_id).or_else(|| prices.get("default"))
     }
 
+    /// What result and job URLs start with: the public base URL, or nothing (paths).
+    fn base_url(&self) -> &str {
+        self.inner
+            .config
+            .public_base_url
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('/')
+    }
+
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let keys = &self.inner.config.api_keys;
         keys.is_empty() || bearer_accepted(headers, keys)
@@ -135,7 +167,9 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/image-to-image", post(image_to_image))
         .route("/image-to-image/", post(image_to_image))
         .route("/stream/{request_id}/{file}", get(stream))
-        .route("/jobs/{request_id}", get(job_record))
+        .route("/jobs/{request_id}", get(job_record).delete(cancel_job))
+        .route("/jobs/{request_id}/cancel", post(cancel_job))
+        .route("/jobs/{request_id}/events", get(job_events))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gateway)
@@ -155,6 +189,9 @@ async fn image_to_image(
         return ApiError::Unauthorized.into_response();
     }
     match body {
+        Ok(body) if tessera_api::jobs::prefers_async(&headers) => {
+            async_job::submit(&gateway, &headers, body).await
+        }
         Ok(body) => job::handle(&gateway, &headers, body).await,
         Err(r) => ApiError::body_rejected(r, "gateway").into_response(),
     }
@@ -167,26 +204,29 @@ async fn stream(
     Path((request_id, file)): Path<(String, String)>,
 ) -> Response {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such result").into_response();
-    let Some(name) = file.strip_suffix(".png") else {
+    let Some(format) = job::image_file_format(&file) else {
         return not_found();
     };
-    if !job::valid_request_id(&request_id) || !job::valid_image_name(name) {
+    if !job::valid_request_id(&request_id) {
         return not_found();
     }
-    match gateway.inner.store.get(&request_id, name).await {
-        Ok(Some(png)) => {
+    match gateway.inner.store.get(&request_id, &file).await {
+        Ok(Some(image)) => {
             let max_age = gateway.inner.store.retention().as_secs();
             let cache = format!("public, max-age={max_age}, immutable");
             (
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(format.mime()),
+                    ),
                     (
                         header::CACHE_CONTROL,
                         HeaderValue::from_str(&cache)
                             .unwrap_or(HeaderValue::from_static("no-cache")),
                     ),
                 ],
-                png,
+                image,
             )
                 .into_response()
         }
@@ -197,6 +237,8 @@ async fn stream(
     }
 }
 
+/// An async job's document; for the id of a synchronous request, its ledger record as
+/// before.
 async fn job_record(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
@@ -205,16 +247,45 @@ async fn job_record(
     if !gateway.authorized(&headers) {
         return ApiError::Unauthorized.into_response();
     }
+    match async_job::document(&gateway, &request_id).await {
+        Ok(Some(doc)) => return Json(doc).into_response(),
+        Ok(None) => {}
+        Err(e) => {
+            return ApiError::internal("cannot read the job", format!("{e:#}")).into_response()
+        }
+    }
     let ledger = gateway.inner.ledger.clone();
     let found = tokio::task::spawn_blocking(move || ledger.get(&request_id)).await;
     match found {
         Ok(Ok(Some(job))) => Json(job).into_response(),
-        Ok(Ok(None)) => ApiError::new(StatusCode::NOT_FOUND, "no such job").into_response(),
+        Ok(Ok(None)) => async_job::no_such_job(),
         Ok(Err(e)) => {
             ApiError::internal("cannot read the ledger", format!("{e:#}")).into_response()
         }
         Err(e) => ApiError::internal("cannot read the ledger", e).into_response(),
     }
+}
+
+async fn cancel_job(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !gateway.authorized(&headers) {
+        return ApiError::Unauthorized.into_response();
+    }
+    async_job::cancel(&gateway, &id).await
+}
+
+async fn job_events(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !gateway.authorized(&headers) {
+        return ApiError::Unauthorized.into_response();
+    }
+    async_job::events(&gateway, &id).await
 }
 
 /// `OK` while some ready runner serves the default model (asking the orchestrators again

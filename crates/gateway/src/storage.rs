@@ -1,6 +1,7 @@
 //! Where the gateway keeps results: an object store (a local folder by default, any
-//! S3-compatible bucket by config), one object per image, `<request-id>/<name>.png`, kept for
-//! a retention period and then swept away.
+//! S3-compatible bucket by config), one object per image, `<request-id>/<index>.<ext>`
+//! (`png`, `jpg` or `webp`, as the request's `output_format` asked), kept for a retention
+//! period and then swept away.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,22 +98,22 @@ impl ResultStore {
         self.retention
     }
 
-    fn key(request_id: &str, name: &str) -> Path {
-        Path::from_iter([request_id, &format!("{name}.png")])
+    fn key(request_id: &str, file: &str) -> Path {
+        Path::from_iter([request_id, file])
     }
 
-    /// Stores one PNG image.
-    pub async fn put(&self, request_id: &str, name: &str, png: Bytes) -> anyhow::Result<()> {
+    /// Stores one image as `file` (`<index>.<ext>`) of the request.
+    pub async fn put(&self, request_id: &str, file: &str, image: Bytes) -> anyhow::Result<()> {
         self.store
-            .put(&Self::key(request_id, name), png.into())
+            .put(&Self::key(request_id, file), image.into())
             .await
-            .with_context(|| format!("storing {request_id}/{name}.png"))?;
+            .with_context(|| format!("storing {request_id}/{file}"))?;
         Ok(())
     }
 
     /// One stored image, `None` when there is none (never stored, or swept).
-    pub async fn get(&self, request_id: &str, name: &str) -> anyhow::Result<Option<Bytes>> {
-        match self.store.get(&Self::key(request_id, name)).await {
+    pub async fn get(&self, request_id: &str, file: &str) -> anyhow::Result<Option<Bytes>> {
+        match self.store.get(&Self::key(request_id, file)).await {
             Ok(found) => Ok(Some(found.bytes().await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -158,20 +159,20 @@ mod tests {
         };
         let kept = ResultStore::open(&config, Duration::from_secs(3600)).unwrap();
         for i in 0..20 {
-            kept.put("req", &i.to_string(), Bytes::from(vec![i as u8]))
+            kept.put("req", &format!("{i}.png"), Bytes::from(vec![i as u8]))
                 .await
                 .unwrap();
         }
         // No cap on how many are kept: all twenty are there.
         for i in 0..20 {
-            let got = kept.get("req", &i.to_string()).await.unwrap();
+            let got = kept.get("req", &format!("{i}.png")).await.unwrap();
             assert_eq!(got.as_deref(), Some(&[i as u8][..]));
         }
-        assert_eq!(kept.get("req", "20").await.unwrap(), None);
+        assert_eq!(kept.get("req", "20.png").await.unwrap(), None);
         assert_eq!(kept.sweep().await.unwrap(), 0);
         let expiring = ResultStore::open(&config, Duration::ZERO).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(expiring.sweep().await.unwrap(), 20);
-        assert_eq!(kept.get("req", "0").await.unwrap(), None);
+        assert_eq!(kept.get("req", "0.png").await.unwrap(), None);
     }
 }

@@ -5,8 +5,11 @@
 //! answers: `GET /health` says `LOADING`, then `OK` (or `ERROR`, with the reason in the log
 //! and in the 500 that requests get). `POST /image-to-image` takes ai-runner's multipart
 //! form, checks what ai-runner does not (ranges, sizes, the image header), and queues the
-//! job for the worker (bounded: past it, 503 with `Retry-After`); the answer is PNG data
-//! URLs. `/hardware/*`, `/version`, `/metrics` (Prometheus) and `/openapi.json` complete the
+//! job for the worker (bounded: past it, 503 with `Retry-After`); the answer is data URLs
+//! in the asked `output_format` (PNG by default). With `Accept: text/event-stream` the same
+//! request streams the job's progress, previews and images as Server-Sent Events and ends
+//! with the answer ([`tessera_api::jobs`]); a client that leaves stops the work within a
+//! denoising step. `/hardware/*`, `/version`, `/metrics` (Prometheus) and `/openapi.json` complete the
 //! API.
 //!
 //! The model is the engine's `Editor` (forced turbo/Lightning settings, LoRA adapters, the
@@ -15,12 +18,14 @@
 
 mod config;
 mod decode;
+pub mod encode;
 mod engine_error;
 mod hardware;
 mod live;
 mod metrics;
 mod model;
 mod routes;
+mod sse;
 mod state;
 mod worker;
 
@@ -28,7 +33,7 @@ use tokio::net::TcpListener;
 
 pub use config::RunnerConfig;
 pub use live::Registration;
-pub use model::{Generated, ImageRequest, Model};
+pub use model::{Generated, ImageRequest, Model, ModelStep};
 pub use routes::{router, ApiDoc};
 pub use state::Runner;
 

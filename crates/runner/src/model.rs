@@ -2,6 +2,8 @@
 //! A trait of the runner's own, so that the queue, cancellation and error paths can be
 //! tested with fake models (slow, failing, panicking) as well as with the engine.
 
+use std::ops::ControlFlow;
+
 use tessera_api::CheckedRequest;
 use tessera_engine::editor::{EditRequest, Editor};
 use tessera_engine::image_io::RgbImage;
@@ -49,15 +51,26 @@ pub struct Generated {
     pub nsfw: bool,
 }
 
+/// One finished denoising step of the image being made.
+pub struct ModelStep<'a> {
+    /// Steps done (1 after the first) and steps the image takes.
+    pub step: usize,
+    pub steps: usize,
+    /// Renders a cheap preview of the image being made; `None` when the model has none.
+    pub preview: &'a dyn Fn() -> Option<RgbImage>,
+}
+
 /// A loaded model, owned by the worker thread.
 pub trait Model: Send {
-    /// Generates one image. `keep_going` turns false when nobody waits for the result any
-    /// more; a model may stop early then (its result is thrown away).
+    /// Generates one image, telling `on_step` of each denoising step. `keep_going` turns
+    /// false when nobody waits for the result any more; a model should stop then, within a
+    /// step (its result is thrown away).
     fn generate(
         &mut self,
         image: &RgbImage,
         request: &ImageRequest,
         keep_going: &dyn Fn() -> bool,
+        on_step: &mut dyn FnMut(ModelStep<'_>),
     ) -> tessera_engine::Result<Generated>;
 }
 
@@ -70,6 +83,7 @@ impl Model for Editor {
         image: &RgbImage,
         request: &ImageRequest,
         keep_going: &dyn Fn() -> bool,
+        on_step: &mut dyn FnMut(ModelStep<'_>),
     ) -> tessera_engine::Result<Generated> {
         let edit = EditRequest {
             params: request.params.clone(),
@@ -78,12 +92,23 @@ impl Model for Editor {
             num_images: 1,
             safety_check: request.safety_check,
         };
-        let out = self.edit(image, &edit, &mut |_, _| {}, keep_going)?;
-        // Empty only when the client left before the image was started.
+        let out = self.edit_watched(image, &edit, &mut |step| {
+            on_step(ModelStep {
+                step: step.step,
+                steps: step.steps,
+                preview: &|| step.preview().ok(),
+            });
+            if keep_going() {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })?;
+        // Empty only when the client left before the image was finished.
         let edited = out
             .into_iter()
             .next()
-            .ok_or_else(|| tessera_engine::Error::Model("the request was cancelled".into()))?;
+            .ok_or(tessera_engine::Error::Cancelled)?;
         Ok(Generated {
             image: edited.image,
             nsfw: edited.nsfw,

@@ -12,6 +12,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 use tessera_api::auth::bearer_accepted;
+use tessera_api::jobs::{accepts_event_stream, FinishedImage, JobError, Preview, Progress};
 use tessera_api::wire::{
     BearerScheme, HTTPError, HTTPValidationError, HardwareInformation, HardwareStats, HealthCheck,
     ImageResponse, ValidationError, Version,
@@ -23,6 +24,7 @@ use utoipa::OpenApi;
 use crate::decode::decode_upload;
 use crate::hardware;
 use crate::model::ImageRequest;
+use crate::sse;
 use crate::state::Runner;
 use crate::worker::Job;
 
@@ -31,7 +33,15 @@ use crate::worker::Job;
 #[openapi(
     info(title = "tessera runner", description = "An application to run AI pipelines"),
     paths(image_to_image, health, hardware_info, hardware_stats, version),
-    components(schemas(ImageToImage, HTTPValidationError, ValidationError)),
+    components(schemas(
+        ImageToImage,
+        HTTPValidationError,
+        ValidationError,
+        Progress,
+        Preview,
+        FinishedImage,
+        JobError
+    )),
     modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
@@ -166,8 +176,19 @@ fn document() -> serde_json::Value {
         "description": "The image to modify: a data URL (data:image/png;base64,...) or base64.",
     });
     schemas["Body_genImageToImage_json"] = json_body;
-    doc["paths"]["/image-to-image"]["post"]["requestBody"]["content"]["application/json"] =
+    let post = &mut doc["paths"]["/image-to-image"]["post"];
+    post["requestBody"]["content"]["application/json"] =
         json!({"schema": {"$ref": "#/components/schemas/Body_genImageToImage_json"}});
+    post["responses"]["200"]["content"][tessera_api::jobs::EVENT_STREAM] = json!({
+        "schema": {
+            "type": "string",
+            "description": "With `Accept: text/event-stream`: Server-Sent Events while the job \
+                runs. `progress` (Progress) after every denoising step of every image, \
+                `preview` (Preview) every few steps when `previews` is true, `image` \
+                (FinishedImage) as each image is finished, then `done` (ImageResponse) or \
+                `error` (JobError), and the stream ends. Closing the stream stops the job.",
+        }
+    });
     doc
 }
 
@@ -231,14 +252,24 @@ pub(crate) async fn image_to_image(
     State(runner): State<Runner>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ImageResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let body = body.map_err(|r| ApiError::body_rejected(r, "runner"))?;
     let form = Form::read(&headers, body).await?;
     let request = ImageToImage::from_form(&form)?.check(runner.model_id(), runner.limits())?;
     let images = ImageRequest::each_image(&request);
     let image = decode(request.image, runner.limits().max_image_side).await?;
-    let images = runner.run(Job { image, images }).await?;
-    Ok(Json(ImageResponse { images }))
+    let job = Job {
+        image,
+        images,
+        output: request.output,
+        previews: request.previews,
+    };
+    if accepts_event_stream(&headers) {
+        let (events, answer) = runner.watch(job)?;
+        return Ok(sse::respond(events, answer));
+    }
+    let images = runner.run(job).await?;
+    Ok(Json(ImageResponse { images }).into_response())
 }
 
 /// Decodes the upload off the async threads (a large PNG takes a while); any failure is

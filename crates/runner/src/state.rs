@@ -1,6 +1,7 @@
 //! The runner's state shared by the requests: what it serves, how loading went, the queue to
 //! the worker that owns the model, and the metrics.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -9,6 +10,7 @@ use axum::http::StatusCode;
 use tessera_engine::editor::{Editor, EditorConfig};
 use tessera_engine::hub::ModelStore;
 use tessera_engine::safety::SharedSafetyChecker;
+use tokio::sync::{mpsc, oneshot};
 
 use tessera_api::wire::Health;
 use tessera_api::{defaults, ApiError, Limits};
@@ -16,7 +18,7 @@ use tessera_api::{defaults, ApiError, Limits};
 use crate::config::RunnerConfig;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::worker::{self, Job, Queue, Reply};
+use crate::worker::{self, Events, Job, JobEvent, Queue, Reply};
 
 /// A handle on the runner; cheap to clone, one per request.
 #[derive(Clone)]
@@ -128,50 +130,79 @@ impl Runner {
         self.shared.metrics()
     }
 
+    /// A 503 while the model loads, a 500 saying why once its load failed.
+    fn ready(&self) -> Result<(), ApiError> {
+        match self.shared.inner.loaded.get() {
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The model is still loading; try again shortly.",
+            )),
+            Some(Err(why)) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The model failed to load: {why}"),
+            )),
+            Some(Ok(())) => Ok(()),
+        }
+    }
+
     /// Queues `job` for the model and waits for its images. Dropping the returned future
     /// (the client went away) lets the worker skip or stop the job.
     pub(crate) async fn run(&self, job: Job) -> Reply {
-        match self.shared.inner.loaded.get() {
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The model is still loading; try again shortly.",
-                ))
-            }
-            Some(Err(why)) => {
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("The model failed to load: {why}"),
-                ))
-            }
-            Some(Ok(())) => {}
-        }
-        let result = self.queue.submit(&self.shared, job)?;
-        let mut waiting = Waiting {
-            metrics: self.metrics(),
-            answered: false,
-        };
-        let reply = result.await.unwrap_or_else(|_| {
-            tracing::error!("the worker dropped a job without answering");
-            Err(ApiError::pipeline())
-        });
-        waiting.answered = true;
-        reply
+        self.ready()?;
+        let result = self.queue.submit(&self.shared, job, None)?;
+        answer(self.waiting(), result).await
     }
+
+    /// Queues `job` with a watcher: its events arrive on the receiver, which closes once the
+    /// answer is ready. Dropping the returned future stops the job as `run`'s does.
+    pub(crate) fn watch(
+        &self,
+        job: Job,
+    ) -> Result<
+        (
+            mpsc::UnboundedReceiver<JobEvent>,
+            impl Future<Output = Reply> + Send + 'static,
+        ),
+        ApiError,
+    > {
+        self.ready()?;
+        let (events, watcher): (Events, _) = mpsc::unbounded_channel();
+        let result = self.queue.submit(&self.shared, job, Some(events))?;
+        // Made now, not when the answer is first awaited: a stream dropped before its
+        // events are over counts as a client gone too.
+        Ok((watcher, answer(self.waiting(), result)))
+    }
+
+    fn waiting(&self) -> Waiting {
+        Waiting {
+            shared: self.shared.clone(),
+            answered: false,
+        }
+    }
+}
+
+/// Waits for the worker's answer, counting a client that leaves before it.
+async fn answer(mut waiting: Waiting, result: oneshot::Receiver<Reply>) -> Reply {
+    let reply = result.await.unwrap_or_else(|_| {
+        tracing::error!("the worker dropped a job without answering");
+        Err(ApiError::pipeline())
+    });
+    waiting.answered = true;
+    reply
 }
 
 /// A request waiting for the worker; dropped unanswered, its client went away (which is
 /// worth counting: clients giving up is what an overloaded runner looks like).
-struct Waiting<'a> {
-    metrics: &'a Metrics,
+struct Waiting {
+    shared: Shared,
     answered: bool,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
         if !self.answered {
             tracing::info!("client gone before its images were ready");
-            self.metrics.client_gone();
+            self.shared.metrics().client_gone();
         }
     }
 }

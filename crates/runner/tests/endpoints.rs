@@ -208,6 +208,11 @@ async fn the_openapi_document_matches_ai_runners() {
             ("seed", "integer"),
             ("num_inference_steps", "integer"),
             ("num_images_per_prompt", "integer"),
+            // tessera's own, all optional: the results' format and the previews of an
+            // event stream.
+            ("output_format", "string"),
+            ("output_quality", "integer"),
+            ("previews", "boolean"),
         ])
     );
     assert_eq!(required(&doc, "Body_genImageToImage"), ["image", "prompt"]);

@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::conditioning::{Conditioner, Conditioning};
 use super::patchable::Patchable;
-use super::{EditOutput, EditParams, ImagePipeline, Progress};
+use super::preview::LatentRgb;
+use super::{EditOutput, EditParams, ImagePipeline, Step, Watch};
 use crate::error::{Error, Result};
 use crate::image_io::{self, RgbImage};
 use crate::lora::LoraAdapter;
@@ -171,12 +172,12 @@ impl ImagePipeline for Img2ImgPipeline {
         }
     }
 
-    fn run(
+    fn run_watched(
         &self,
         p: &EditParams,
         image: &RgbImage,
         noise: &mut dyn NoiseSource,
-        progress: Progress,
+        watch: Watch,
     ) -> Result<EditOutput> {
         let guided = p.guidance_scale > 1.0;
         let mut scheduler = schedulers::build(&self.scheduler, p.num_inference_steps)?;
@@ -221,13 +222,27 @@ impl ImagePipeline for Img2ImgPipeline {
                 pred
             };
             latents = scheduler.step(&pred, i, &latents, noise)?;
-            progress(done + 1, steps);
+            let step = Step {
+                done: done + 1,
+                total: steps,
+                latents: &latents,
+            };
+            if watch(step).is_break() {
+                return Err(Error::Cancelled);
+            }
         }
 
         Ok(EditOutput {
             images: self.decode(&latents)?,
             latents,
         })
+    }
+
+    fn latent_rgb(&self) -> LatentRgb {
+        match self.flavour {
+            Flavour::Sd => LatentRgb::SD,
+            Flavour::Sdxl => LatentRgb::SDXL,
+        }
     }
 
     fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)> {

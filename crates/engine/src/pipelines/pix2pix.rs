@@ -7,8 +7,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::patchable::Patchable;
+use super::preview::LatentRgb;
 use super::text::TextEncoder;
-use super::{EditOutput, EditParams, ImagePipeline, Progress};
+use super::{EditOutput, EditParams, ImagePipeline, Step, Watch};
 use crate::error::{Error, Result};
 use crate::image_io::{self, RgbImage};
 use crate::lora::LoraAdapter;
@@ -70,12 +71,12 @@ impl ImagePipeline for Pix2PixPipeline {
         "StableDiffusionInstructPix2PixPipeline"
     }
 
-    fn run(
+    fn run_watched(
         &self,
         p: &EditParams,
         image: &RgbImage,
         noise: &mut dyn NoiseSource,
-        progress: Progress,
+        watch: Watch,
     ) -> Result<EditOutput> {
         // diffusers: guidance needs both a text scale above 1 and an image scale of at least 1.
         let guided = p.guidance_scale > 1.0 && p.image_guidance_scale >= 1.0;
@@ -149,7 +150,14 @@ impl ImagePipeline for Pix2PixPipeline {
                 pred
             };
             latents = scheduler.step(&pred, i, &latents, noise)?;
-            progress(i + 1, timesteps.len());
+            let step = Step {
+                done: i + 1,
+                total: timesteps.len(),
+                latents: &latents,
+            };
+            if watch(step).is_break() {
+                return Err(Error::Cancelled);
+            }
         }
 
         let scaled = (&latents / self.vae.config().scaling_factor)?;
@@ -158,6 +166,11 @@ impl ImagePipeline for Pix2PixPipeline {
             images: image_io::to_unit_nhwc(&decoded.to_dtype(DType::F32)?)?,
             latents,
         })
+    }
+
+    fn latent_rgb(&self) -> LatentRgb {
+        // instruct-pix2pix is fine-tuned from SD 1.5 and keeps its VAE.
+        LatentRgb::SD
     }
 
     fn lora_targets(&self) -> Vec<(&'static str, &TensorMap)> {

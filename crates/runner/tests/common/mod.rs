@@ -9,7 +9,7 @@ use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tessera_engine::image_io::RgbImage;
-use tessera_runner::{serve_on, Generated, ImageRequest, Model, Runner, RunnerConfig};
+use tessera_runner::{serve_on, Generated, ImageRequest, Model, ModelStep, Runner, RunnerConfig};
 use tokio::net::TcpListener;
 
 pub use tessera_testkit::{decode_data_url, fixtures_dir as fixtures, msg};
@@ -140,7 +140,7 @@ pub async fn post(base: &str, path: &str, form: Form, token: Option<&str>) -> An
     }
 }
 
-/// A model made of a closure, to test the runner without diffusion.
+/// A model made of a closure, to test the runner without diffusion. It reports no steps.
 pub struct FnModel<F>(pub F);
 
 impl<F> Model for FnModel<F>
@@ -153,8 +153,35 @@ where
         image: &RgbImage,
         request: &ImageRequest,
         keep_going: &dyn Fn() -> bool,
+        _on_step: &mut dyn FnMut(ModelStep<'_>),
     ) -> tessera_engine::Result<Generated> {
         (self.0)(image, request, keep_going)
+    }
+}
+
+/// A model made of a closure that also reports steps.
+pub struct SteppingModel<F>(pub F);
+
+pub type OnStep<'a> = &'a mut dyn FnMut(ModelStep<'_>);
+
+impl<F> Model for SteppingModel<F>
+where
+    F: FnMut(
+            &RgbImage,
+            &ImageRequest,
+            &dyn Fn() -> bool,
+            OnStep,
+        ) -> tessera_engine::Result<Generated>
+        + Send,
+{
+    fn generate(
+        &mut self,
+        image: &RgbImage,
+        request: &ImageRequest,
+        keep_going: &dyn Fn() -> bool,
+        on_step: &mut dyn FnMut(ModelStep<'_>),
+    ) -> tessera_engine::Result<Generated> {
+        (self.0)(image, request, keep_going, on_step)
     }
 }
 
