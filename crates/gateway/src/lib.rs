@@ -172,6 +172,9 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/jobs/{request_id}/events", get(job_events))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |r, n| {
+            tessera_api::oversize::drain_oversized(body_limit, r, n)
+        }))
         .with_state(gateway)
 }
 
