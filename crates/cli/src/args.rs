@@ -20,6 +20,10 @@ pub struct EngineArgs {
     /// when a request first asks for a check and shared by every model of the process.
     #[arg(long, default_value = tessera_engine::safety::DEFAULT_MODEL_ID)]
     pub safety_checker: String,
+    /// The largest LoRA weights file a request may name, in MiB: a larger one is refused,
+    /// by the size the hub's file listing gives, before anything is downloaded.
+    #[arg(long, default_value_t = tessera_engine::lora::DEFAULT_MAX_LORA_MIB)]
+    pub max_lora_mib: u64,
 }
 
 impl EngineArgs {
@@ -27,6 +31,11 @@ impl EngineArgs {
         self.model_dir
             .clone()
             .unwrap_or_else(tessera_engine::hub::default_model_dir)
+    }
+
+    /// The model directory with the LoRA size limit: what the engine reads models from.
+    pub fn model_store(&self) -> tessera_engine::hub::ModelStore {
+        tessera_engine::hub::ModelStore::new(self.model_dir()).with_max_lora_mib(self.max_lora_mib)
     }
 }
 

@@ -97,7 +97,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--loras: {e}"))?;
     let device = tessera_engine::device::parse(&a.engine.device)?;
     let dtype = tessera_engine::device::parse_dtype(&a.engine.dtype, &device)?;
-    let store = tessera_engine::hub::ModelStore::new(a.engine.model_dir());
+    let store = a.engine.model_store();
     let image = image_io::read(&a.image)?;
     // Fail on an unwritable destination now, not after minutes of denoising.
     if let Some(parent) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -68,6 +68,7 @@ pub fn run(a: OrchestratorArgs) -> anyhow::Result<()> {
         model_dir: a.engine.model_dir(),
         device: a.engine.device,
         dtype: a.engine.dtype,
+        max_lora_mib: a.engine.max_lora_mib,
         safety_checker: a.engine.safety_checker,
         max_cold_loaded: a.max_cold_loaded,
         limits: a.limits.limits(),

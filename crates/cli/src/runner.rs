@@ -87,6 +87,7 @@ pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
         auth_token: a.auth_token,
         device: a.engine.device,
         dtype: a.engine.dtype,
+        max_lora_mib: a.engine.max_lora_mib,
         safety_checker: a.engine.safety_checker,
         version: a.version,
         queue_depth: a.queue_depth,

@@ -61,6 +61,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         model_dir: a.engine.model_dir(),
         device: a.engine.device,
         dtype: a.engine.dtype,
+        max_lora_mib: a.engine.max_lora_mib,
         safety_checker: a.engine.safety_checker,
         limits: limits.clone(),
         ..OrchestratorConfig::default()

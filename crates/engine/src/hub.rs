@@ -18,6 +18,8 @@
 
 mod download;
 #[cfg(test)]
+pub(crate) mod fake_hub;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
@@ -230,6 +232,14 @@ pub struct ModelStore {
     endpoint: String,
     token: Option<String>,
     hub_timeout: Duration,
+    max_lora_bytes: u64,
+}
+
+/// A file of a repository: its name there and its size in bytes, where known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoFile {
+    pub name: String,
+    pub size: Option<u64>,
 }
 
 impl std::fmt::Debug for ModelStore {
@@ -240,6 +250,7 @@ impl std::fmt::Debug for ModelStore {
             .field("downloads", &self.downloads)
             .field("endpoint", &self.endpoint)
             .field("hub_timeout", &self.hub_timeout)
+            .field("max_lora_bytes", &self.max_lora_bytes)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .finish()
     }
@@ -261,6 +272,7 @@ impl ModelStore {
             endpoint: env("HF_ENDPOINT").unwrap_or_else(|| download::DEFAULT_ENDPOINT.into()),
             token: env("HF_TOKEN"),
             hub_timeout: download::DEFAULT_HUB_TIMEOUT,
+            max_lora_bytes: crate::lora::DEFAULT_MAX_LORA_MIB * MIB,
         }
     }
 
@@ -284,6 +296,18 @@ impl ModelStore {
     pub fn with_hub_timeout(mut self, timeout: Duration) -> Self {
         self.hub_timeout = timeout;
         self
+    }
+
+    /// The largest LoRA weights file that is loaded (and so downloaded): 2048 MiB unless set.
+    /// A larger one is refused before any byte of it is fetched.
+    pub fn with_max_lora_mib(mut self, mib: u64) -> Self {
+        self.max_lora_bytes = mib.saturating_mul(MIB);
+        self
+    }
+
+    /// See [`ModelStore::with_max_lora_mib`], in bytes.
+    pub fn max_lora_bytes(&self) -> u64 {
+        self.max_lora_bytes
     }
 
     /// The model directory.
@@ -331,6 +355,39 @@ impl ModelStore {
         }
         self.hub(id, &why)?
             .download_file(id, file)
+            .map_err(|failure| self.not_found(id, &why, &failure))
+    }
+
+    /// The top-level file of repository `id` that `choose` picks among the repository's
+    /// top-level files (with their sizes): from the directory's snapshot when it has one,
+    /// else from the hub's listing, downloading just the chosen file when downloads are
+    /// allowed. An error from `choose` comes back as it is, before anything is downloaded:
+    /// this is how a LoRA repository's weights are found, and an oversized file refused,
+    /// without fetching the rest of the repository.
+    pub fn resolve_chosen_file(
+        &self,
+        id: &str,
+        choose: &dyn Fn(&[RepoFile]) -> Result<String>,
+    ) -> Result<PathBuf> {
+        validate_model_id(id)?;
+        let why = match self.local_snapshot(id)? {
+            Local::Found(snapshot) => {
+                let name = choose(&top_level_files(&snapshot)?)?;
+                validate_file_name(id, &name)?;
+                return Ok(snapshot.join(name));
+            }
+            Local::Missing(why) => why,
+        };
+        if !self.downloads {
+            return Err(self.not_found(id, &why, "downloads are disabled"));
+        }
+        let hub = self.hub(id, &why)?;
+        let files = hub
+            .top_level_files(id)
+            .map_err(|failure| self.not_found(id, &why, &failure))?;
+        let name = choose(&files)?;
+        validate_file_name(id, &name)?;
+        hub.fetch_listed(id, &name)
             .map_err(|failure| self.not_found(id, &why, &failure))
     }
 
@@ -426,6 +483,31 @@ impl ModelStore {
             hint: format!(": {why}; {after}"),
         }
     }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The files directly inside `snapshot` (following the links into `blobs/`), sorted by name;
+/// links to missing blobs are left out.
+fn top_level_files(snapshot: &Path) -> Result<Vec<RepoFile>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(snapshot).map_err(|e| Error::io(snapshot, e))? {
+        let entry = entry.map_err(|e| Error::io(snapshot, e))?;
+        let (Ok(name), Ok(meta)) = (
+            entry.file_name().into_string(),
+            std::fs::metadata(entry.path()),
+        ) else {
+            continue;
+        };
+        if meta.is_file() {
+            files.push(RepoFile {
+                name,
+                size: Some(meta.len()),
+            });
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
 }
 
 /// Without `refs/main`, the single snapshot in `snapshots` (folder named `folder` in messages).

@@ -3,6 +3,9 @@
 //! a multiple of the VAE scale factor, then [-1, 1] NCHW), its `postprocess` to [0, 1] NHWC
 //! and `numpy_to_pil`'s 8-bit rounding, and PNG encoding of the results.
 
+mod jpeg;
+#[cfg(test)]
+mod jpeg_tests;
 mod resample;
 #[cfg(test)]
 mod tests;
@@ -51,17 +54,24 @@ impl RgbImage {
     }
 }
 
-/// Decodes PNG, JPEG, WebP, GIF (first frame), BMP or TIFF bytes to RGB8 as Pillow's
-/// `Image.open(..).convert("RGB")` does: alpha dropped (not composited), grey and palettes
-/// expanded, 16-bit samples reduced to their high byte except 16-bit grey, which Pillow
-/// clips to 255. Lossy WebP decodes exactly as Pillow's libwebp; JPEG goes through
-/// zune-jpeg, not libjpeg-turbo, and differs from Pillow by a few levels on some pixels.
 /// The largest width or height `decode` accepts. Checked from the header before any pixel is
 /// decoded, so a 50000x50000 PNG (a decompression bomb) is refused at once instead of asking
 /// for gigabytes. Services set tighter limits of their own.
 pub const MAX_DECODED_SIDE: u32 = 8192;
 
+/// Decodes PNG, JPEG, WebP, GIF (first frame), BMP or TIFF bytes to RGB8 as Pillow's
+/// `Image.open(..).convert("RGB")` does, bit for bit: alpha dropped (not composited), grey
+/// and palettes expanded, 16-bit samples reduced to their high byte except 16-bit grey, which
+/// Pillow clips to 255. JPEG goes through libjpeg-turbo's decoder as Pillow's does (the
+/// `jpeg` module), CMYK included; lossy WebP decodes exactly as Pillow's libwebp. The EXIF
+/// orientation is not applied, as `convert` does not apply it (nor does ai-runner).
 pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
+    decode_within(bytes, MAX_DECODED_SIDE)
+}
+
+/// [`decode`], refusing images wider or taller than `max_side` (services' own limits), from
+/// the header, before any pixel is decoded.
+pub fn decode_within(bytes: &[u8], max_side: u32) -> Result<RgbImage> {
     let format = image::guess_format(bytes).map_err(|_| {
         Error::InvalidInput(
             "not an image: the data is not a recognised image format \
@@ -69,21 +79,27 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
                 .into(),
         )
     })?;
-    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
-        return Err(Error::InvalidInput("the JPEG image is truncated".into()));
+    if format == ImageFormat::Jpeg {
+        return jpeg::decode(bytes, max_side);
     }
     let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| decode_error(format, e))?;
-    if width > MAX_DECODED_SIDE || height > MAX_DECODED_SIDE {
-        return Err(Error::InvalidInput(format!(
-            "image is {width}x{height}; the largest accepted is {MAX_DECODED_SIDE}x{MAX_DECODED_SIDE}"
-        )));
-    }
+    check_side(width, height, max_side)?;
     let image = image::ImageReader::with_format(Cursor::new(bytes), format)
         .decode()
         .map_err(|e| decode_error(format, e))?;
     Ok(to_pil_rgb(image))
+}
+
+/// Refuses an image wider or taller than `max_side`, naming both sizes.
+fn check_side(width: u32, height: u32, max_side: u32) -> Result<()> {
+    if width > max_side || height > max_side {
+        return Err(Error::InvalidInput(format!(
+            "image is {width}x{height}; the largest accepted is {max_side}x{max_side}"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads and decodes an image file (see [`decode`]); decode errors name the file.
@@ -93,19 +109,6 @@ pub fn read(path: &Path) -> Result<RgbImage> {
         Error::InvalidInput(msg) => Error::InvalidInput(format!("{}: {msg}", path.display())),
         other => other,
     })
-}
-
-/// Whether an end-of-image marker follows the last start-of-scan marker. JPEG decoders
-/// paint a cut-off scan grey and succeed, where Pillow refuses the file; entropy-coded data
-/// cannot hold either marker (0xFF bytes are stuffed), and an EXIF thumbnail's end marker
-/// comes before the main image's scans, so this tells a complete file from a cut one. (A
-/// file that lacks only its end marker, which Pillow accepts, is refused too.)
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let last_marker = |code: u8| bytes.windows(2).rposition(|w| w == [0xFF, code]);
-    match (last_marker(0xDA), last_marker(0xD9)) {
-        (Some(scan), Some(end)) => end > scan,
-        _ => false,
-    }
 }
 
 /// Says what is wrong with undecodable data in the caller's terms.

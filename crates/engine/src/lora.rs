@@ -12,6 +12,8 @@
 
 mod adapter;
 mod cache;
+#[cfg(test)]
+mod download_tests;
 mod merge;
 mod targets;
 
@@ -22,6 +24,10 @@ pub use merge::{check_compatible, patch};
 use tessera_api::quoted;
 
 use crate::error::Error;
+
+/// The largest LoRA weights file loaded by default, in MiB (`--max-lora-mib`): SDXL LoRAs
+/// of high rank reach a few hundred MiB; a file past this is not a LoRA one means to fetch.
+pub const DEFAULT_MAX_LORA_MIB: u64 = 2048;
 
 /// ai-runner's answer when a LoRA does not exist.
 fn not_found(id: &str) -> Error {

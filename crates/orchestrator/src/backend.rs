@@ -200,6 +200,7 @@ impl LocalModel {
             model_dir: backends.config.model_dir.clone(),
             device: backends.config.device.clone(),
             dtype: backends.config.dtype.clone(),
+            max_lora_mib: backends.config.max_lora_mib,
             limits: backends.config.limits.clone(),
             ..RunnerConfig::default()
         };

@@ -57,6 +57,8 @@ pub struct OrchestratorConfig {
     pub dtype: String,
     /// The NSFW safety checker of the in-process runners (hub id or folder), one for all.
     pub safety_checker: String,
+    /// The largest LoRA weights file a request may name, in MiB, for the in-process runners.
+    pub max_lora_mib: u64,
     /// Cold models kept loaded at once. Loading one more first unloads the least recently
     /// used idle cold model, so that memory holds the warm models and this many others.
     pub max_cold_loaded: usize,
@@ -80,6 +82,7 @@ impl Default for OrchestratorConfig {
             device: "cpu".into(),
             dtype: "auto".into(),
             safety_checker: tessera_engine::safety::DEFAULT_MODEL_ID.into(),
+            max_lora_mib: tessera_engine::lora::DEFAULT_MAX_LORA_MIB,
             max_cold_loaded: 1,
             load_timeout: Duration::from_secs(600),
             runner_timeout: Duration::from_secs(600),
@@ -99,6 +102,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("device", &self.device)
             .field("dtype", &self.dtype)
             .field("safety_checker", &self.safety_checker)
+            .field("max_lora_mib", &self.max_lora_mib)
             .field("max_cold_loaded", &self.max_cold_loaded)
             .field("load_timeout", &self.load_timeout)
             .field("runner_timeout", &self.runner_timeout)

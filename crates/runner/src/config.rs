@@ -23,6 +23,9 @@ pub struct RunnerConfig {
     /// The NSFW safety checker (hub id in `model_dir`, or a folder), loaded when a request
     /// first asks for a check.
     pub safety_checker: String,
+    /// The largest LoRA weights file a request may name, in MiB; a larger one is refused
+    /// before it is downloaded.
+    pub max_lora_mib: u64,
     /// What `/version` reports (ai-runner's `VERSION`; "undefined" when not given).
     pub version: String,
     /// Requests allowed to wait while one runs; past it, 503 with `Retry-After`.
@@ -39,6 +42,7 @@ impl Default for RunnerConfig {
             device: "cpu".into(),
             dtype: "auto".into(),
             safety_checker: tessera_engine::safety::DEFAULT_MODEL_ID.into(),
+            max_lora_mib: tessera_engine::lora::DEFAULT_MAX_LORA_MIB,
             version: "undefined".into(),
             queue_depth: 8,
             limits: Limits::default(),
@@ -56,6 +60,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("device", &self.device)
             .field("dtype", &self.dtype)
             .field("safety_checker", &self.safety_checker)
+            .field("max_lora_mib", &self.max_lora_mib)
             .field("version", &self.version)
             .field("queue_depth", &self.queue_depth)
             .field("limits", &self.limits)

@@ -1,63 +1,21 @@
 //! The uploaded image, decoded defensively: its size is read from the header and checked
 //! before any pixel is decoded (a decompression bomb is refused in milliseconds), then the
-//! engine decodes it as Pillow's `Image.open(..).convert("RGB")` does (what ai-runner runs:
-//! alpha is dropped, not composited, so that results match ai-runner's), and the EXIF
-//! orientation is applied so that a phone photo is edited the way up it is shown.
+//! engine decodes it as Pillow's `Image.open(..).convert("RGB")` does, which is what ai-runner
+//! (v0.14.1, `routes/image_to_image.py`) hands diffusers: alpha is dropped, not composited,
+//! and the EXIF orientation is not applied (a phone photo is edited the way it is stored).
 
-use std::io::Cursor;
-
-use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageReader};
 use tessera_engine::image_io::{self, RgbImage};
 
 /// Decodes `bytes` to RGB, refusing images wider or taller than `max_side`. Errors say what
 /// is wrong with the image, in the client's terms.
 pub fn decode_upload(bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
-    let Ok(format) = image::guess_format(bytes) else {
-        return Err("not an image: the data is not a recognised image format \
-                    (PNG, JPEG, WebP, GIF, BMP or TIFF)"
-            .into());
-    };
-    let decoder = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_decoder()
-        .map_err(|e| format!("cannot read the image header: {e}"))?;
-    let (width, height) = decoder.dimensions();
-    if width > max_side || height > max_side {
-        return Err(format!(
-            "image is {width}x{height}; the largest accepted is {max_side}x{max_side}"
-        ));
-    }
-    let orientation = orientation(decoder);
-    let rgb = image_io::decode(bytes).map_err(|e| e.to_string())?;
-    Ok(orient(rgb, orientation))
-}
-
-/// The EXIF orientation, when the file has one; unreadable metadata counts as none, as
-/// viewers treat it.
-fn orientation(mut decoder: impl ImageDecoder) -> Orientation {
-    decoder.orientation().unwrap_or(Orientation::NoTransforms)
-}
-
-fn orient(rgb: RgbImage, orientation: Orientation) -> RgbImage {
-    if orientation == Orientation::NoTransforms {
-        return rgb;
-    }
-    let Some(buffer) = image::RgbImage::from_raw(rgb.width, rgb.height, rgb.data.clone()) else {
-        // The engine's decode always returns width * height pixels.
-        return rgb;
-    };
-    let mut image = DynamicImage::ImageRgb8(buffer);
-    image.apply_orientation(orientation);
-    let oriented = image.into_rgb8();
-    RgbImage {
-        width: oriented.width(),
-        height: oriented.height(),
-        data: oriented.into_raw(),
-    }
+    image_io::decode_within(bytes, max_side).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
     fn png(width: u32, height: u32) -> Vec<u8> {
@@ -77,22 +35,25 @@ mod tests {
     }
 
     #[test]
-    fn exif_orientation_is_applied() {
-        // A 2x1 JPEG-free check: orient() on a known buffer, rotation by 90 degrees.
-        let rgb = RgbImage {
-            width: 2,
-            height: 1,
-            data: vec![1, 1, 1, 2, 2, 2],
-        };
-        let turned = orient(rgb, Orientation::Rotate90);
-        assert_eq!((turned.width, turned.height), (1, 2));
-        assert_eq!(turned.data, vec![1, 1, 1, 2, 2, 2]);
-        let rgb = RgbImage {
-            width: 2,
-            height: 1,
-            data: vec![1, 1, 1, 2, 2, 2],
-        };
-        let flipped = orient(rgb, Orientation::FlipHorizontal);
-        assert_eq!(flipped.data, vec![2, 2, 2, 1, 1, 1]);
+    fn the_exif_orientation_is_left_as_ai_runner_leaves_it() {
+        // A 96x64 JPEG tagged "rotate 90° to view" (orientation 6): decoded as stored.
+        let path = tessera_testkit::fixtures_dir().join("jpeg/corpus/wide_exif_rotate_6.jpg");
+        let bytes = std::fs::read(path).unwrap();
+        let img = decode_upload(&bytes, 4096).unwrap();
+        assert_eq!((img.width, img.height), (96, 64));
+        assert_eq!(img, image_io::decode(&bytes).unwrap());
+    }
+
+    #[test]
+    fn jpegs_the_image_crate_cannot_read_are_accepted_as_pillow_accepts_them() {
+        // Arithmetic coding: Pillow's libjpeg-turbo decodes it, zune-jpeg does not.
+        let path = tessera_testkit::fixtures_dir().join("jpeg/corpus/odd_arithmetic.jpg");
+        let bytes = std::fs::read(path).unwrap();
+        let img = decode_upload(&bytes, 4096).unwrap();
+        assert_eq!((img.width, img.height), (83, 70));
+        assert_eq!(
+            decode_upload(&bytes, 80).unwrap_err(),
+            "image is 83x70; the largest accepted is 80x80"
+        );
     }
 }

@@ -65,7 +65,7 @@ impl Runner {
         let device = tessera_engine::device::parse(&config.device)?;
         let editor = EditorConfig {
             model_id: config.model_id.clone(),
-            store: ModelStore::new(&config.model_dir),
+            store: ModelStore::new(&config.model_dir).with_max_lora_mib(config.max_lora_mib),
             dtype: tessera_engine::device::parse_dtype(&config.dtype, &device)?,
             device,
             safety,

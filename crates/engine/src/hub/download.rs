@@ -16,6 +16,10 @@ use std::time::Duration;
 
 use hf_hub::api::sync::{Api, ApiBuilder, ApiRepo};
 use hf_hub::api::RepoInfo;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::RepoFile;
 
 pub(super) const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -63,7 +67,7 @@ impl Hub {
     /// returns its snapshot folder.
     pub(super) fn download_repo(&self, id: &str, variant: Option<&str>) -> Result<PathBuf, String> {
         let repo = self.api.model(id.to_string());
-        let listing = self.listing(&repo, id)?;
+        let listing: RepoInfo = self.listing(&repo, id, false)?;
         let files: Vec<&str> = listing
             .siblings
             .iter()
@@ -90,17 +94,50 @@ impl Hub {
     /// Downloads one file of repository `id` and returns its path in the snapshot.
     pub(super) fn download_file(&self, id: &str, file: &str) -> Result<PathBuf, String> {
         let repo = self.api.model(id.to_string());
-        let listing = self.listing(&repo, id)?;
+        let listing: RepoInfo = self.listing(&repo, id, false)?;
         if !listing.siblings.iter().any(|s| s.rfilename == file) {
             return Err(format!("the hub's repository {id} has no file {file}"));
         }
         self.fetch(&repo, id, file)
     }
 
-    /// The repository's file list, or why the hub did not give it in time.
-    fn listing(&self, repo: &ApiRepo, id: &str) -> Result<RepoInfo, String> {
+    /// The top-level files of repository `id` with their sizes: the listing asked with
+    /// `blobs=true`, as huggingface_hub's `model_info(files_metadata=True)` asks it, which
+    /// adds each file's `size` (and for LFS files an `lfs` object with the same size).
+    pub(super) fn top_level_files(&self, id: &str) -> Result<Vec<RepoFile>, String> {
+        let repo = self.api.model(id.to_string());
+        let listing: SizedListing = self.listing(&repo, id, true)?;
+        Ok(listing
+            .siblings
+            .into_iter()
+            .filter(|s| !s.rfilename.contains('/'))
+            .map(|s| RepoFile {
+                size: s.lfs.and_then(|l| l.size).or(s.size),
+                name: s.rfilename,
+            })
+            .collect())
+    }
+
+    /// Downloads `file` of repository `id`, a name its listing gave, and returns its path
+    /// in the snapshot.
+    pub(super) fn fetch_listed(&self, id: &str, file: &str) -> Result<PathBuf, String> {
+        self.fetch(&self.api.model(id.to_string()), id, file)
+    }
+
+    /// The repository's file list (with sizes when `sizes`), or why the hub did not give it
+    /// in time.
+    fn listing<T: DeserializeOwned>(
+        &self,
+        repo: &ApiRepo,
+        id: &str,
+        sizes: bool,
+    ) -> Result<T, String> {
         let failed = |why: String| format!("downloading it from {} failed: {why}", self.endpoint);
-        let response = match repo.info_request().timeout(self.timeout).call() {
+        let mut request = repo.info_request().timeout(self.timeout);
+        if sizes {
+            request = request.query("blobs", "true");
+        }
+        let response = match request.call() {
             Ok(response) => response,
             Err(e) => {
                 let message = e.to_string();
@@ -130,6 +167,24 @@ impl Hub {
 }
 
 const MODEL_INDEX: &str = "model_index.json";
+
+/// The listing with file sizes (`?blobs=true`); only what is read of it.
+#[derive(Deserialize)]
+struct SizedListing {
+    siblings: Vec<SizedSibling>,
+}
+
+#[derive(Deserialize)]
+struct SizedSibling {
+    rfilename: String,
+    size: Option<u64>,
+    lfs: Option<LfsInfo>,
+}
+
+#[derive(Deserialize)]
+struct LfsInfo {
+    size: Option<u64>,
+}
 
 /// The component folders a pipeline's `model_index.json` names: entries holding a
 /// `[library, class]` pair whose library is set (`[null, null]` marks an absent optional

@@ -2,12 +2,11 @@
 //! `blobs/` as the hub writes them), and downloads from a fake hub on a loopback port.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::fake_hub::{FakeHub, FAKE_SHA};
 use super::*;
 
 const MAX_NAME: &str = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqr";
@@ -446,103 +445,6 @@ fn with_downloads_off_the_hub_is_never_contacted() {
         matches!(&attempt, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "something connected: {attempt:?}"
     );
-}
-
-/// A minimal HuggingFace hub on a loopback port serving one repository: the listing API and
-/// `resolve/main/FILE` with the headers hf-hub reads (etag, commit, content range). Keeps the
-/// paths it was asked for.
-struct FakeHub {
-    endpoint: String,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-const FAKE_SHA: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
-
-impl FakeHub {
-    fn start(id: &'static str, files: BTreeMap<&'static str, &'static str>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = requests.clone();
-        // The thread serves until the test process ends; each test has its own port.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                serve(stream, id, &files, &log);
-            }
-        });
-        Self { endpoint, requests }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-fn serve(mut stream: TcpStream, id: &str, files: &BTreeMap<&str, &str>, log: &Mutex<Vec<String>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).unwrap();
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
-    let mut range = None;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("range") {
-                range = value.trim().strip_prefix("bytes=").map(str::to_string);
-            }
-        }
-    }
-    log.lock().unwrap().push(path.clone());
-    let listing = format!("/api/models/{id}/revision/main");
-    let resolve = format!("/{id}/resolve/main/");
-    let file = path
-        .strip_prefix(&resolve)
-        .filter(|f| files.contains_key(f));
-    let (status, headers, body) = if path == listing {
-        let siblings: Vec<_> = files
-            .keys()
-            .map(|f| serde_json::json!({ "rfilename": f }))
-            .collect();
-        let body = serde_json::json!({ "sha": FAKE_SHA, "siblings": siblings }).to_string();
-        ("200 OK", String::new(), body.into_bytes())
-    } else if let Some(file) = file {
-        // hf-hub asks for `bytes=0-0` first (size, etag, commit), then `bytes=N-` (the data).
-        let content = files[file].as_bytes();
-        let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
-            Some((start, end)) => (
-                start.parse().unwrap(),
-                end.parse::<usize>().map_or(content.len(), |e| e + 1),
-            ),
-            None => (0, content.len()),
-        };
-        let etag = files.keys().position(|f| *f == file).unwrap();
-        let headers = format!(
-            "ETag: \"blob{etag}\"\r\nX-Repo-Commit: {FAKE_SHA}\r\nContent-Range: bytes {start}-{}/{}\r\n",
-            end - 1,
-            content.len()
-        );
-        ("206 Partial Content", headers, content[start..end].to_vec())
-    } else {
-        (
-            "404 Not Found",
-            String::new(),
-            b"{\"error\":\"Repository not found\"}".to_vec(),
-        )
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&body).unwrap();
 }
 
 fn fake_pipeline() -> BTreeMap<&'static str, &'static str> {

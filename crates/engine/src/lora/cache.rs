@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::adapter::LoraAdapter;
 use super::{not_found, quoted, unloadable};
 use crate::error::{Error, Result};
-use crate::hub::{validate_model_id, ModelStore};
+use crate::hub::{validate_model_id, ModelStore, RepoFile};
 
 /// How many adapters stay loaded (ai-runner keeps 12).
 pub const LORA_CACHE_CAPACITY: usize = 12;
@@ -22,18 +22,22 @@ const CONVENTIONAL_NAMES: [&str; 2] = [
 /// (`ORG/NAME`) in the model directory, downloaded when missing and allowed. A repository's
 /// weights are its only top-level `.safetensors` file, or among several the conventionally
 /// named one; diffusers' training leftovers (scheduler, optimizer, checkpoint files) are not
-/// candidates. Pickled weights (`.bin`) are never loaded.
+/// candidates. Pickled weights (`.bin`) are never loaded. The choice is made from the
+/// directory's snapshot or the hub's file listing, so that a download fetches that one file
+/// and nothing else; a file larger than the store's LoRA limit
+/// ([`ModelStore::with_max_lora_mib`]) is refused before any of it is read or downloaded.
 ///
 /// Local paths must end in `.safetensors`, so that a request cannot make the server open
 /// arbitrary files of its disk.
 pub fn resolve_lora(store: &ModelStore, id: &str) -> Result<PathBuf> {
     let path = Path::new(id);
     if id.ends_with(".safetensors") || path.is_absolute() {
-        return if id.ends_with(".safetensors") && path.is_file() {
-            Ok(path.to_path_buf())
-        } else {
-            Err(not_found(id))
-        };
+        if !(id.ends_with(".safetensors") && path.is_file()) {
+            return Err(not_found(id));
+        }
+        let size = std::fs::metadata(path).map(|m| m.len()).ok();
+        check_size(id, id, size, store.max_lora_bytes())?;
+        return Ok(path.to_path_buf());
     }
     validate_model_id(id).map_err(|e| match e {
         Error::InvalidModelId { reason, .. } => {
@@ -41,49 +45,75 @@ pub fn resolve_lora(store: &ModelStore, id: &str) -> Result<PathBuf> {
         }
         other => other,
     })?;
-    let snapshot = store.resolve(id, None).map_err(|e| match e {
+    let choose = |files: &[RepoFile]| choose_weights(id, files, store.max_lora_bytes());
+    store.resolve_chosen_file(id, &choose).map_err(|e| match e {
         Error::ModelNotFound { .. } => {
             tracing::warn!(lora = id, error = %e, "LoRA repository not found");
             not_found(id)
         }
+        e @ Error::InvalidInput(_) => e,
         other => unloadable(id, &other.to_string()),
-    })?;
-    weights_file(id, &snapshot)
+    })
 }
 
-/// The LoRA weights among a repository snapshot's top-level files.
-fn weights_file(id: &str, snapshot: &Path) -> Result<PathBuf> {
-    let entries = std::fs::read_dir(snapshot)
-        .map_err(|e| unloadable(id, &format!("{}: {e}", snapshot.display())))?;
-    let mut files: Vec<String> = entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let name = entry.file_name().into_string().ok()?;
-            let is_weights = name.ends_with(".safetensors")
+/// The LoRA weights among a repository's top-level files, checked against `max_bytes`.
+pub(super) fn choose_weights(id: &str, files: &[RepoFile], max_bytes: u64) -> Result<String> {
+    let mut candidates: Vec<&RepoFile> = files
+        .iter()
+        .filter(|f| {
+            f.name.ends_with(".safetensors")
                 && !["scheduler", "optimizer", "checkpoint"]
                     .iter()
-                    .any(|s| name.contains(s))
-                && entry.path().is_file();
-            is_weights.then_some(name)
+                    .any(|s| f.name.contains(s))
         })
         .collect();
-    files.sort();
-    let chosen = match files.as_slice() {
-        [only] => only.clone(),
+    candidates.sort_by(|a, b| a.name.cmp(&b.name));
+    let chosen = match candidates.as_slice() {
+        [only] => *only,
         [] => return Err(unloadable(id, "the repository has no .safetensors weights")),
-        several => match CONVENTIONAL_NAMES.iter().find(|c| several.iter().any(|f| f == *c)) {
-            Some(name) => name.to_string(),
+        several => match CONVENTIONAL_NAMES
+            .iter()
+            .find_map(|c| several.iter().find(|f| f.name == *c))
+        {
+            Some(file) => *file,
             None => {
+                let names: Vec<&str> = several.iter().map(|f| f.name.as_str()).collect();
                 return Err(Error::InvalidInput(format!(
                     "Unable to load LoRas for adapter '{}': the repository holds several weight files ({}) and none is named {}",
                     quoted(id),
-                    several.join(", "),
+                    names.join(", "),
                     CONVENTIONAL_NAMES.join(" or ")
-                )))
+                )));
             }
         },
     };
-    Ok(snapshot.join(chosen))
+    check_size(id, &chosen.name, chosen.size, max_bytes)?;
+    Ok(chosen.name.clone())
+}
+
+/// Refuses LoRA `id`'s weights `file` when it is larger than `max_bytes`, or when its size
+/// is unknown (a hub listing without sizes), naming the size and the limit.
+fn check_size(id: &str, file: &str, size: Option<u64>, max_bytes: u64) -> Result<()> {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let problem = match size {
+        Some(size) if size <= max_bytes => return Ok(()),
+        Some(size) => format!(
+            "{} is {:.1} MiB ({size} bytes), larger than the {:.0} MiB LoRAs may have (--max-lora-mib)",
+            quoted(file),
+            mib(size),
+            mib(max_bytes)
+        ),
+        None => format!(
+            "the hub's listing does not give the size of {}, so it cannot be checked against the {:.0} MiB LoRAs may have (--max-lora-mib)",
+            quoted(file),
+            mib(max_bytes)
+        ),
+    };
+    tracing::warn!(lora = %quoted(id), problem, "LoRA refused");
+    Err(Error::InvalidInput(format!(
+        "Unable to load LoRas for adapter '{}': {problem}",
+        quoted(id)
+    )))
 }
 
 /// Adapters loaded for recent requests, at most [`LORA_CACHE_CAPACITY`], the least recently
