@@ -211,6 +211,17 @@ fn bad_requests_fail_with_clear_messages() {
     a[2] = model.to_string();
     a.extend(["--loras".into(), r#"{"a/b": 1.0}"#.into()]);
     run(a, "LoRa repository 'a/b' not found");
+    // A LoRA file larger than --max-lora-mib is refused, naming its size.
+    let lora = f.join("loras/tiny-pix2pix-lora.safetensors");
+    let mut a = base("x");
+    a[2] = model.to_string();
+    a.extend([
+        "--max-lora-mib".into(),
+        "0".into(),
+        "--loras".into(),
+        format!(r#"{{"{}": 1.0}}"#, lora.display()),
+    ]);
+    run(a, "larger than the 0 MiB LoRAs may have (--max-lora-mib)");
     let mut a = base("x");
     a[2] = model.to_string();
     a.extend(["--loras".into(), "{not json".into()]);

@@ -165,6 +165,37 @@ async fn the_engine_edits_with_seeded_png_data_urls() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_lora_over_the_size_limit_is_a_400_naming_its_size() {
+    let config = RunnerConfig {
+        safety_checker: safety_checker_folder(),
+        max_lora_mib: 0,
+        ..config(&model_folder(), None)
+    };
+    let base = spawn(Runner::start(&config).unwrap()).await;
+    assert_eq!(settled_health(&base).await, "OK");
+    let loras = format!(r#"{{"{}": 0.8}}"#, lora_file());
+    let a = post(
+        &base,
+        "/image-to-image",
+        valid_form(&[("loras", &loras)]),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    let m = msg(&a.body);
+    let size = std::fs::metadata(lora_file()).unwrap().len();
+    assert_eq!(
+        m,
+        format!(
+            "Unable to load LoRas for adapter '{0}': {0} is {1:.1} MiB ({size} bytes), larger \
+             than the 0 MiB LoRAs may have (--max-lora-mib)",
+            lora_file(),
+            size as f64 / (1024.0 * 1024.0)
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_goes_from_loading_to_ok() {
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let folder = model_folder();
@@ -429,8 +460,9 @@ async fn bad_uploads_are_refused_before_decoding() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn images_are_decoded_as_pillow_shows_them() {
-    // The echo model gives back what the runner decoded.
+async fn images_are_decoded_as_ai_runners_pillow_reads_them() {
+    // The echo model gives back what the runner decoded: an EXIF-rotated image as stored
+    // (ai-runner's `Image.open(..).convert("RGB")` does not turn it), alpha dropped.
     let base = fake_server(config("m", None), echo).await;
     let dir = fixtures().join("runner");
     for (input, expected) in [
