@@ -19,11 +19,7 @@ pub struct JobStore {
 impl JobStore {
     /// Opens (creating if needed) the jobs table in the SQLite file at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let db = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        let db = crate::ledger::open_database(path)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS async_jobs (
                 id TEXT PRIMARY KEY,

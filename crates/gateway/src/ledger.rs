@@ -60,15 +60,22 @@ pub struct Ledger {
 const COLUMNS: &str = "request_id, created_at, model_id, orchestrator, input_pixels, outputs, \
                        price_per_pixel, currency, fee, latency_ms, attempts, status, error";
 
+/// Opens (creating it and its folder if needed) the gateway's SQLite file at `path`, shared
+/// by the ledger and the async jobs (`job_store`).
+pub(crate) fn open_database(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let db = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Several processes (a gateway and `tessera jobs`) may use the file at once.
+    db.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(db)
+}
+
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let db = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // Several processes (a gateway and `tessera jobs`) may use the file at once.
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        let db = open_database(path)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS jobs (
                 request_id TEXT PRIMARY KEY,
