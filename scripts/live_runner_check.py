@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,48 +29,16 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from check_common import CheckFailed, check, free_port, get_json, link_hub_repo, ok, wait_for
 from livepeer_gateway import LivepeerHTTPError, register_runner, runner_selector
 
 SECRET = "orchestrator-secret"
 MODEL = "tessera-check/live"
-LINKED_REVISION = "0" * 40
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(ok, what):
-    if not ok:
-        raise CheckFailed(what)
-
-
-def ok(line):
-    print(f"ok: {line}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.load(r)
 
 
 def listed(orchestrator, app):
     return [r for e in get_json(f"{orchestrator}/discovery") for r in e.get("runners", [])
             if r["app"] == app]
-
-
-def wait_for(probe, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not (got := probe()):
-        check(time.monotonic() < deadline, f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return got
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -167,12 +134,7 @@ async def run(a):
 
         # 5. A tessera runner registered with --register-with, called through the selector.
         hub = work / "hub"
-        repo = hub / ("models--" + MODEL.replace("/", "--"))
-        (repo / "refs").mkdir(parents=True)
-        (repo / "refs" / "main").write_text(LINKED_REVISION)
-        (repo / "snapshots").mkdir()
-        (repo / "snapshots" / LINKED_REVISION).symlink_to(
-            (Path(a.fixtures) / "models" / "tiny-instruct-pix2pix").resolve())
+        link_hub_repo(hub, MODEL, Path(a.fixtures) / "models" / "tiny-instruct-pix2pix")
         runner_port = free_port()
         runner = start(a.tessera, logs, "runner", "--model-id", MODEL, "--model-dir", str(hub),
                        "--host", "127.0.0.1", "--port", str(runner_port),

@@ -26,9 +26,7 @@ stopping at the first failure:
 import argparse
 import io
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +40,20 @@ import numpy as np
 from livepeer_ai import Livepeer
 from livepeer_ai.models import errors
 from PIL import Image
+
+from check_common import (
+    CheckFailed,
+    Cluster,
+    check,
+    free_port,
+    get,
+    get_json,
+    link_hub_repo,
+    ok,
+    post_async,
+    sse_events,
+    wait_for,
+)
 
 MODEL = "timbrooks/instruct-pix2pix"
 # The same fixture under a second id, offered by both orchestrators, with a gateway maximum
@@ -58,95 +70,6 @@ PROMPT = "turn it into a watercolour"
 STEPS = 4
 # Enough denoising that the job is still running when the orchestrator is killed.
 SLOW_STEPS = 400
-LINKED_REVISION = "0" * 40
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(ok, what):
-    if not ok:
-        raise CheckFailed(what)
-
-
-def ok(line):
-    print(f"ok    {line}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def link_hub_repo(hub, repo_id, folder):
-    """Lays out `folder` as repository `repo_id` of a hub cache (a snapshot linking to it)."""
-    repo = hub / ("models--" + repo_id.replace("/", "--"))
-    (repo / "snapshots").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "snapshots" / LINKED_REVISION).symlink_to(folder.resolve())
-    (repo / "refs" / "main").write_text(LINKED_REVISION)
-
-
-class Cluster:
-    """The processes under test; every pid goes to `pids` for the shell's trap."""
-
-    def __init__(self, tessera, work):
-        self.tessera = tessera
-        self.work = work
-        self.procs = {}
-
-    def start(self, name, args):
-        log = open(self.work / f"{name}.log", "ab")
-        env = {k: v for k, v in os.environ.items() if k not in ("PORT", "MODEL_DIR", "ORCH_SECRET")}
-        env["RUST_LOG"] = env.get("RUST_LOG", "info")
-        proc = subprocess.Popen(
-            [self.tessera, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
-        )
-        with open(self.work / "pids", "a") as f:
-            f.write(f"{proc.pid}\n")
-        self.procs[name] = proc
-        return proc
-
-    def stop(self, name, sig=signal.SIGTERM):
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stop_all(self):
-        for name in list(self.procs):
-            self.stop(name, signal.SIGKILL)
-
-    def log_tail(self, name, lines=20):
-        path = self.work / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_healthy(self, name, base, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise CheckFailed(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
-            try:
-                if get_json(base + "/health") == {"status": "OK"}:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise CheckFailed(f"{name} not healthy at {base} after {timeout} s")
-
-
-def get(url, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=30) as res:
-        return res.read()
 
 
 def discovered(orchestrator, model):
@@ -157,57 +80,6 @@ def discovered(orchestrator, model):
             if runner["app"] == app:
                 return runner
     return None
-
-
-def wait_for(probe, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        check(time.monotonic() < deadline, f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def post_async(url, fields, files, headers):
-    """POSTs a multipart form with `Prefer: respond-async`; returns (status, JSON body)."""
-    boundary = "tessera-check-boundary"
-    body = io.BytesIO()
-    for name, value in fields.items():
-        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode())
-    for name, (file_name, content) in files.items():
-        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\n"
-                   f"Content-Type: image/png\r\n\r\n".encode() + content + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    req = urllib.request.Request(url, data=body.getvalue(), method="POST", headers={
-        **headers, "Prefer": "respond-async",
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as res:
-            return res.status, json.load(res)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
-def sse_events(url, headers):
-    """Yields (event, data) of a Server-Sent Events stream until it ends."""
-    req = urllib.request.Request(url, headers={**headers, "Accept": "text/event-stream"})
-    with urllib.request.urlopen(req, timeout=600) as res:
-        name, data = None, []
-        for raw in res:
-            line = raw.decode().rstrip("\r\n")
-            if not line:
-                if name is not None:
-                    yield name, json.loads("".join(data))
-                name, data = None, []
-            elif line.startswith("event:"):
-                name = line[len("event:"):].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:"):].lstrip())
-
-
-def get_json(url, headers=None):
-    return json.loads(get(url, headers))
 
 
 def pixels(png):

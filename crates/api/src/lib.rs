@@ -32,7 +32,7 @@ pub mod price;
 #[cfg(feature = "http")]
 pub mod request;
 #[cfg(feature = "http")]
-pub mod shutdown;
+pub mod serve;
 #[cfg(feature = "http")]
 pub mod wire;
 

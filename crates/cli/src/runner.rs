@@ -133,7 +133,7 @@ pub fn run(a: RunnerArgs) -> anyhow::Result<()> {
         match registration {
             None => serving.await,
             Some(registration) => {
-                let heartbeats = registration.run(runner, tessera_api::shutdown::signal());
+                let heartbeats = registration.run(runner, tessera_api::serve::signal());
                 let (served, ()) = tokio::join!(serving, heartbeats);
                 served
             }

@@ -50,6 +50,8 @@ enum Attempt {
     Refused(Response, String),
     /// This orchestrator could not do it; another may.
     Failed(String),
+    /// This orchestrator is busy (503) and said when to come back.
+    Busy(String, u64),
 }
 
 /// Runs the job and records it, whatever happens. The request id is in `X-Request-Id`,
@@ -244,10 +246,14 @@ async fn dispatch(
     let deadline = Instant::now() + Duration::from_secs_f64(config.total_timeout_secs);
     let per_attempt = Duration::from_secs_f64(config.attempt_timeout_secs);
     let mut errors = Vec::new();
+    // The soonest any busy orchestrator said to come back; `None` once one failed otherwise.
+    let mut retry_after: Option<u64> = None;
+    let mut all_busy = true;
     for candidate in candidates.into_iter().take(config.max_attempts as usize) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             errors.push("out of time".to_owned());
+            all_busy = false;
             break;
         }
         record.attempts += 1;
@@ -264,6 +270,12 @@ async fn dispatch(
             Attempt::Failed(why) => {
                 tracing::warn!(orchestrator = %candidate.url, error = %why, "job failed; trying the next orchestrator");
                 errors.push(format!("{}: {why}", candidate.url));
+                all_busy = false;
+            }
+            Attempt::Busy(why, secs) => {
+                tracing::info!(orchestrator = %candidate.url, retry_after = secs, "busy; trying the next orchestrator");
+                errors.push(format!("{}: {why}", candidate.url));
+                retry_after = Some(retry_after.map_or(secs, |r| r.min(secs)));
             }
         }
     }
@@ -272,7 +284,14 @@ async fn dispatch(
         errors.join("; ")
     ));
     record.error = Some(e.message());
-    Err((status::FAILED, e.into_response()))
+    let mut response = e.into_response();
+    // Every one was busy: the client may come back when the first said it would be free.
+    if let (true, Some(secs)) = (all_busy, retry_after) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    Err((status::FAILED, response))
 }
 
 /// Sends the job to one orchestrator and sorts its answer.
@@ -289,7 +308,8 @@ async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) 
         Err(e) => return Attempt::Failed(format!("{e}")),
     };
     let status = answer.status();
-    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let headers = answer.headers().clone();
+    let content_type = headers.get(header::CONTENT_TYPE).cloned();
     let body = match answer.bytes().await {
         Ok(b) => b,
         Err(e) => return Attempt::Failed(format!("reading the answer: {e}")),
@@ -311,7 +331,24 @@ async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) 
         }
         return Attempt::Refused(response, msg);
     }
-    Attempt::Failed(format!("{status}: {msg}"))
+    let retry_after = (status == StatusCode::SERVICE_UNAVAILABLE)
+        .then(|| retry_after_header(&headers))
+        .flatten();
+    match retry_after {
+        Some(secs) => Attempt::Busy(format!("{status}: {msg}"), secs),
+        None => Attempt::Failed(format!("{status}: {msg}")),
+    }
+}
+
+/// `Retry-After` in seconds (the form runners send; an HTTP date is not taken).
+fn retry_after_header(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `detail.msg` of an error body in the runner's shape.
@@ -349,7 +386,14 @@ async fn store_all(
 ) -> Result<ImageResponse, ApiError> {
     let mut images = Vec::with_capacity(results.len());
     for (i, result) in results.into_iter().enumerate() {
-        images.push(store_one(gateway, request_id, i, result).await?);
+        match store_one(gateway, request_id, i, result).await {
+            Ok(media) => images.push(media),
+            Err(e) => {
+                // The client gets an error, not these URLs: the images before it go too.
+                gateway.inner.store.remove_request(request_id).await;
+                return Err(e);
+            }
+        }
     }
     Ok(ImageResponse { images })
 }
@@ -363,12 +407,19 @@ pub(crate) async fn store_one(
     result: Output,
 ) -> Result<Media, ApiError> {
     let file = format!("{index}.{}", result.format.extension());
-    gateway
-        .inner
-        .store
-        .put(request_id, &file, result.bytes)
-        .await
-        .map_err(|e| ApiError::internal("cannot store the results", format!("{e:#}")))?;
+    if let Err(e) = gateway.inner.store.put(request_id, &file, result.bytes).await {
+        if crate::storage::is_storage_full(&e) {
+            tracing::error!(error = %format!("{e:#}"), "result storage full");
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the gateway's result storage is full; try again later",
+            ));
+        }
+        return Err(ApiError::internal(
+            "cannot store the results",
+            format!("{e:#}"),
+        ));
+    }
     Ok(Media {
         url: format!("{}/stream/{request_id}/{file}", gateway.base_url()),
         seed: result.seed,

@@ -69,6 +69,19 @@ pub(crate) fn open_database(path: &Path) -> anyhow::Result<Connection> {
     let db = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     // Several processes (a gateway and `tessera jobs`) may use the file at once.
     db.busy_timeout(std::time::Duration::from_secs(5))?;
+    // A job the gateway has answered 200 or 202 for must still be there after any crash:
+    // every commit is on disk before the answer goes out. WAL lets `tessera jobs` read while
+    // the gateway writes; with synchronous=FULL each commit syncs the log, so neither a
+    // killed process nor a power cut loses it (NORMAL would survive the first only).
+    let mode: String = db
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .with_context(|| format!("{}: WAL journal", path.display()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Some file systems (network ones) cannot share WAL's memory map; the rollback
+        // journal with synchronous=FULL is as durable, only readers then wait on writers.
+        tracing::warn!(file = %path.display(), mode, "SQLite cannot use WAL here");
+    }
+    db.pragma_update(None, "synchronous", "FULL")?;
     Ok(db)
 }
 
@@ -213,6 +226,17 @@ mod tests {
             status: status.into(),
             error: None,
         }
+    }
+
+    #[test]
+    fn the_file_is_opened_in_wal_mode_and_syncs_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_database(&dir.path().join("ledger.sqlite")).unwrap();
+        let mode: String = db
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let synchronous: i64 = db.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!((mode.as_str(), synchronous), ("wal", 2), "2 is FULL");
     }
 
     #[test]

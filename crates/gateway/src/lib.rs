@@ -180,7 +180,7 @@ pub fn router(gateway: Gateway) -> Router {
 
 /// Serves `gateway` on a listener bound by the caller until Ctrl-C or SIGTERM.
 pub async fn serve_on(listener: TcpListener, gateway: Gateway) -> anyhow::Result<()> {
-    tessera_api::shutdown::serve(listener, router(gateway), "gateway").await
+    tessera_api::serve::serve(listener, router(gateway), "gateway").await
 }
 
 async fn image_to_image(

@@ -111,6 +111,30 @@ impl ResultStore {
         Ok(())
     }
 
+    /// Removes whatever of the request's images were stored (after one of them could not
+    /// be): nobody was given their URLs. Best effort; the sweep gets what this misses.
+    pub async fn remove_request(&self, request_id: &str) {
+        let prefix = Path::from(request_id);
+        let stored: Vec<Path> = match self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+        {
+            Ok(paths) => paths,
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "cannot list a failed request's results");
+                return;
+            }
+        };
+        for path in stored {
+            if let Err(e) = self.store.delete(&path).await {
+                tracing::warn!(%path, error = %e, "cannot remove a failed request's result");
+            }
+        }
+    }
+
     /// One stored image, `None` when there is none (never stored, or swept).
     pub async fn get(&self, request_id: &str, file: &str) -> anyhow::Result<Option<Bytes>> {
         match self.store.get(&Self::key(request_id, file)).await {
@@ -175,4 +199,17 @@ mod tests {
         assert_eq!(expiring.sweep().await.unwrap(), 20);
         assert_eq!(kept.get("req", "0.png").await.unwrap(), None);
     }
+}
+
+/// Whether `e` says the storage is out of space or over its quota (ENOSPC, EDQUOT; an S3
+/// bucket says so with its own errors, which are not recognised here).
+pub fn is_storage_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
 }

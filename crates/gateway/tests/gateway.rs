@@ -217,6 +217,44 @@ async fn when_every_orchestrator_fails_the_client_gets_a_503_naming_them() {
         .contains("Image-to-image pipeline error."));
 }
 
+/// The gateway's `Retry-After` when every orchestrator failed, if any.
+async fn retry_after_of(gw: &str) -> (StatusCode, Option<String>) {
+    let res = reqwest::Client::new()
+        .post(format!("{gw}/image-to-image"))
+        .multipart(form(input_png(4, 4), &[]))
+        .send()
+        .await
+        .unwrap();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (res.status(), retry)
+}
+
+#[tokio::test]
+async fn when_every_orchestrator_is_busy_the_soonest_retry_after_is_passed_on() {
+    let slow = fake_runner(Behaviour::Busy { retry_after: 7 }, None).await;
+    let soon = fake_runner(Behaviour::Busy { retry_after: 3 }, None).await;
+    let failing = fake_runner(Behaviour::Fail, None).await;
+    let o_slow = orchestrator_for(&slow, true, 1.0).await;
+    let o_soon = orchestrator_for(&soon, true, 2.0).await;
+    let o_failing = orchestrator_for(&failing, true, 3.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let busy_only = gateway(gateway_config(dir.path(), &[&o_slow, &o_soon])).await;
+    assert_eq!(
+        retry_after_of(&busy_only).await,
+        (StatusCode::SERVICE_UNAVAILABLE, Some("3".to_owned()))
+    );
+    // One that failed otherwise may fail again at any time: no promise is made.
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = gateway(gateway_config(dir.path(), &[&o_slow, &o_failing])).await;
+    assert_eq!(
+        retry_after_of(&mixed).await,
+        (StatusCode::SERVICE_UNAVAILABLE, None)
+    );
+}
+
 #[tokio::test]
 async fn without_orchestrators_jobs_are_refused_with_503_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();

@@ -433,7 +433,7 @@ pub fn router(orchestrator: Orchestrator) -> Router {
 
 /// Serves `orchestrator` on a listener bound by the caller until Ctrl-C or SIGTERM.
 pub async fn serve_on(listener: TcpListener, orchestrator: Orchestrator) -> anyhow::Result<()> {
-    tessera_api::shutdown::serve(listener, router(orchestrator), "orchestrator").await
+    tessera_api::serve::serve(listener, router(orchestrator), "orchestrator").await
 }
 
 /// go-livepeer's `http.Error`: the message and a newline, as plain text.

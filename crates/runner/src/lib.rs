@@ -41,5 +41,5 @@ pub use state::Runner;
 /// SIGTERM; requests in flight are finished first.
 pub async fn serve_on(listener: TcpListener, runner: Runner) -> anyhow::Result<()> {
     tracing::info!(model = runner.model_id(), "runner serving");
-    tessera_api::shutdown::serve(listener, router(runner), "runner").await
+    tessera_api::serve::serve(listener, router(runner), "runner").await
 }

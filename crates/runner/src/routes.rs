@@ -68,9 +68,13 @@ pub fn router(runner: Runner) -> Router {
         .merge(both_slashes("/hardware/info", get(hardware_info)))
         .merge(both_slashes("/hardware/stats", get(hardware_stats)))
         .merge(both_slashes("/version", get(version)))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(inference)
+        // What the runner has done is the operator's business: with a token, Prometheus
+        // scrapes with it (`authorization` in its scrape config).
+        .merge(Router::new().route("/metrics", get(metrics)).route_layer(
+            middleware::from_fn_with_state(runner.clone(), require_bearer),
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -2,7 +2,7 @@
 //! the worker that owns the model, and the metrics.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
@@ -42,8 +42,15 @@ struct Inner {
     loaded: OnceLock<Result<(), String>>,
     /// Jobs waiting for the worker.
     queued: AtomicIsize,
+    /// Seconds recent jobs took (an exponential moving average, as f64 bits; `u64::MAX`
+    /// until the first job ends): what a 503's `Retry-After` is computed from.
+    recent_job_secs: AtomicU64,
     metrics: Metrics,
 }
+
+/// Weight of the newest job in [`Inner::recent_job_secs`]: recent jobs count most, one odd
+/// job does not decide.
+const RECENT_JOB_WEIGHT: f64 = 0.3;
 
 impl Runner {
     /// Starts loading `config`'s model on the worker thread (resolving the id in the model
@@ -90,6 +97,7 @@ impl Runner {
                 limits: config.limits.clone(),
                 loaded: OnceLock::new(),
                 queued: AtomicIsize::new(0),
+                recent_job_secs: AtomicU64::new(u64::MAX),
                 metrics: Metrics::new(),
             }),
         };
@@ -225,6 +233,31 @@ impl Shared {
     pub fn queued_changed(&self, delta: isize) {
         let now = self.inner.queued.fetch_add(delta, Ordering::SeqCst) + delta;
         self.inner.metrics.set_queue_depth(now.max(0) as usize);
+    }
+
+    /// Jobs waiting for the worker now.
+    pub fn queued(&self) -> usize {
+        self.inner.queued.load(Ordering::SeqCst).max(0) as usize
+    }
+
+    /// Folds the seconds a job took into the recent average. Only the worker thread calls
+    /// it, so a load and a store need no compare-and-swap.
+    pub fn job_took(&self, secs: f64) {
+        let average = match self.recent_job_secs() {
+            Some(old) => RECENT_JOB_WEIGHT * secs + (1.0 - RECENT_JOB_WEIGHT) * old,
+            None => secs,
+        };
+        self.inner
+            .recent_job_secs
+            .store(average.to_bits(), Ordering::Relaxed);
+    }
+
+    /// How long recent jobs took, once one has ended.
+    pub fn recent_job_secs(&self) -> Option<f64> {
+        match self.inner.recent_job_secs.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            bits => Some(f64::from_bits(bits)),
+        }
     }
 }
 

@@ -43,7 +43,10 @@ async fn version_and_hardware_name_the_pipeline_and_model() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_images_and_time() {
     let base = fake_server(config("m", Some("t")), echo).await;
-    let page = get_text(&base, "/metrics").await;
+    // With a token, the metrics want it too.
+    let refused = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let page = get_text_as(&base, "/metrics", Some("t")).await;
     assert_eq!(metric(&page, "tessera_runner_queue_depth"), Some(0.0));
     assert_eq!(
         metric(&page, "tessera_runner_images_generated_total"),
@@ -55,7 +58,7 @@ async fn metrics_count_requests_images_and_time() {
     }
     let a = post(&base, "/image-to-image", valid_form(&[]), None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    let page = get_text(&base, "/metrics").await;
+    let page = get_text_as(&base, "/metrics", Some("t")).await;
     assert_eq!(
         metric(&page, r#"tessera_runner_requests_total{status="200"}"#),
         Some(2.0)

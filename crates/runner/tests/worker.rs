@@ -154,6 +154,43 @@ async fn a_full_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_the_work_ahead_at_the_recent_pace() {
+    let (base, mut gate) = gated_server(1).await;
+    let one = |seed: &str| valid_form(&[("seed", seed), ("num_images_per_prompt", "1")]);
+    let send = |seed: &'static str| {
+        let (base, form) = (base.clone(), one(seed));
+        tokio::spawn(async move { post(&base, "/image-to-image", form, None).await })
+    };
+    // A first job held for 1.5 s sets the pace.
+    let first = send("1");
+    assert_eq!(gate.started.recv().await, Some(1));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    gate.go.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    // Then one job runs and one waits: two ahead of the next client.
+    let running = send("2");
+    assert_eq!(gate.started.recv().await, Some(2));
+    let queued = send("3");
+    wait_for(|| async {
+        (metric(&metrics_page(&base).await, "tessera_runner_queue_depth") == Some(1.0))
+            .then_some(())
+    })
+    .await;
+    let a = post(&base, "/image-to-image", one("4"), None).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    let retry_after: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (3..=60).contains(&retry_after),
+        "two jobs ahead at >= 1.5 s each: Retry-After {retry_after}"
+    );
+    gate.go.send(()).unwrap();
+    assert_eq!(running.await.unwrap().status, StatusCode::OK);
+    assert_eq!(gate.started.recv().await, Some(3));
+    gate.go.send(()).unwrap();
+    assert_eq!(queued.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_queued_job_whose_client_left_is_dropped() {
     let (base, mut gate) = gated_server(4).await;
     let one = |seed: &str| valid_form(&[("seed", seed), ("num_images_per_prompt", "1")]);

@@ -3,6 +3,8 @@
 //! tensors or images are. A dev-dependency only: nothing here ships, so its helpers may
 //! panic — a test wants to fail loudly where a fixture is missing.
 
+pub mod fuzz;
+
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::process::{Child, Command};

@@ -38,6 +38,8 @@ pub enum Behaviour {
     Block { tag: u8 },
     /// Takes `millis` before answering like `Answer`.
     Slow { tag: u8, millis: u64 },
+    /// Answers a full queue's 503 with `Retry-After: retry_after`, as the runner does.
+    Busy { retry_after: u64 },
 }
 
 /// A fake runner and what it saw.
@@ -114,6 +116,12 @@ async fn fake_job(State(s): State<FakeState>, headers: HeaderMap, mut form: Mult
                 .into_response()
         }
         Behaviour::Hang => return std::future::pending::<Response>().await,
+        Behaviour::Busy { retry_after } => {
+            return tessera_api::ApiError::Busy {
+                retry_after_secs: retry_after,
+            }
+            .into_response()
+        }
     };
     let images: Vec<Value> = (0..images)
         .map(|i| {

@@ -49,7 +49,16 @@ pub async fn get_json(base: &str, path: &str) -> Value {
 }
 
 pub async fn get_text(base: &str, path: &str) -> String {
-    let res = reqwest::get(format!("{base}{path}")).await.unwrap();
+    get_text_as(base, path, None).await
+}
+
+/// `GET path` with `token` as the bearer token, if any; the body of its 200.
+pub async fn get_text_as(base: &str, path: &str, token: Option<&str>) -> String {
+    let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK, "GET {path}");
     res.text().await.unwrap()
 }
