@@ -60,8 +60,8 @@ ORCH_SECRET = "chaos-orch-secret-7e6f"
 # A client gives up on a request after this long; a request answered later is late.
 DEADLINE_SECS = 30
 FUZZ_LINE = re.compile(
-    r"^fuzz (?P<name>[\w-]+): (?P<inputs>\d+) inputs .*?, (?P<failures>\d+) failures, "
-    r"slowest (?P<slowest>[\d.]+) ms, peak (?P<peak>[\d.]+) MiB"
+    r"fuzz (?P<name>[\w-]+): (?P<inputs>\d+) inputs .*?; (?P<accepted>\d+) accepted\), "
+    r"(?P<failures>\d+) failures, slowest (?P<slowest>[\d.]+) ms, peak (?P<peak>[\d.]+) MiB"
 )
 # The fuzz targets the cargo test run must have reported (a missing one means it did not run).
 FUZZ_TARGETS = {
@@ -74,7 +74,7 @@ FUZZ_TARGETS = {
 def fuzz_figures(log):
     rows = {}
     for line in Path(log).read_text(errors="replace").splitlines():
-        m = FUZZ_LINE.match(line.strip())
+        m = FUZZ_LINE.search(line)
         if m:
             rows[m["name"]] = m
     missing = FUZZ_TARGETS - rows.keys()
@@ -83,7 +83,8 @@ def fuzz_figures(log):
     failures = sum(int(m["failures"]) for m in rows.values())
     for name in sorted(rows):
         m = rows[name]
-        print(f"      fuzz {name:22} {int(m['inputs']):7} inputs  {m['failures']} failures  "
+        print(f"      fuzz {name:22} {int(m['inputs']):7} inputs  {int(m['accepted']):6} accepted  "
+              f"{m['failures']} failures  "
               f"slowest {float(m['slowest']):7.1f} ms  peak {float(m['peak']):6.1f} MiB", flush=True)
     check(failures == 0, f"{failures} fuzz inputs failed")
     ok(f"fuzz: {len(rows)} targets, {total} inputs, 0 failures (no panic, none over 1 s or its memory cap)")

@@ -50,7 +50,14 @@ impl Default for ConnectionLimits {
 /// SIGTERM, with the default [`ConnectionLimits`]; requests in flight are finished first.
 /// `role` names the server in the log and in the error.
 pub async fn serve(listener: TcpListener, router: axum::Router, role: &str) -> anyhow::Result<()> {
-    serve_until(listener, router, role, &ConnectionLimits::default(), signal()).await
+    serve_until(
+        listener,
+        router,
+        role,
+        &ConnectionLimits::default(),
+        signal(),
+    )
+    .await
 }
 
 /// [`serve`] with `limits`, until `stop` resolves.

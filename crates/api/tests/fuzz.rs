@@ -22,11 +22,9 @@ fn small_image() -> Vec<u8> {
         .expect("fixture image")
 }
 
-/// Typing and checking as the runner does after reading the form.
-fn check(form: &Form) {
-    if let Ok(request) = ImageToImage::from_form(form) {
-        let _ = request.check(MODEL, &Limits::default());
-    }
+/// Typing and checking as the runner does after reading the form; whether it passed.
+fn check(form: &Form) -> bool {
+    ImageToImage::from_form(form).is_ok_and(|r| r.check(MODEL, &Limits::default()).is_ok())
 }
 
 fn multipart(fields: &[(&str, &[u8])]) -> Vec<u8> {
@@ -92,9 +90,7 @@ fn fuzz_multipart_form() {
         ])
         .run(|input| {
             let body = Bytes::copy_from_slice(input);
-            if let Ok(form) = futures::executor::block_on(Form::read(&headers, body)) {
-                check(&form);
-            }
+            futures::executor::block_on(Form::read(&headers, body)).is_ok_and(|f| check(&f))
         });
 }
 
@@ -119,11 +115,7 @@ fn fuzz_json_request() {
         "\"", "\\u0000", "\\ud800", "{", "}", "[", "]", ":", ",", "null", "true", "-1e400",
         "data:", ";base64,", "=",
     ])
-    .run(|input| {
-        if let Ok(form) = Form::from_json(input) {
-            check(&form);
-        }
-    });
+    .run(|input| Form::from_json(input).is_ok_and(|f| check(&f)));
 }
 
 #[test]
@@ -138,8 +130,8 @@ fn fuzz_loras() {
         "loras",
         seeds.iter().map(|s| s.as_bytes().to_vec()).collect(),
     )
-    .dictionary(&["\"", "\\\"", "{", "}", ":", ",", "1e999", "NaN", "true", "../", "\\u0000"])
-    .run(|input| {
-        let _ = parse_loras(&String::from_utf8_lossy(input));
-    });
+    .dictionary(&[
+        "\"", "\\\"", "{", "}", ":", ",", "1e999", "NaN", "true", "../", "\\u0000",
+    ])
+    .run(|input| parse_loras(&String::from_utf8_lossy(input)).is_ok());
 }

@@ -42,11 +42,16 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let addr = server(limits(300, 10_000, 16)).await;
     let mut slow = TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"GET /hi HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /hi HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let started = Instant::now();
     let got = read_to_close(&mut slow).await;
     let took = started.elapsed();
-    assert!(!got.contains("hi"), "answered a request whose headers never ended: {got}");
+    assert!(
+        !got.contains("hi"),
+        "answered a request whose headers never ended: {got}"
+    );
     assert!(
         took < Duration::from_secs(3),
         "the connection stayed open {took:?} past a 300 ms header timeout"
@@ -66,7 +71,11 @@ async fn a_body_that_stalls_is_refused_and_the_connection_freed() {
         got.starts_with("HTTP/1.1 4") || got.starts_with("HTTP/1.1 5") || got.is_empty(),
         "a stalled body was answered: {got}"
     );
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -84,7 +93,10 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         .unwrap();
     let got = read_to_close(&mut third).await;
     let waited = started.elapsed();
-    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("hi"), "{got}");
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("hi"),
+        "{got}"
+    );
     assert!(
         waited >= Duration::from_millis(1000),
         "served after {waited:?}: the cap of 2 did not hold it back"
@@ -100,5 +112,8 @@ async fn a_prompt_client_is_served_as_before() {
         .await
         .unwrap();
     let got = read_to_close(&mut client).await;
-    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("hello"), "{got}");
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("hello"),
+        "{got}"
+    );
 }

@@ -134,6 +134,22 @@ impl ClipTextConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        use crate::error::config_bounds::{at_most, HEADS, LAYERS, POSITIONS, VOCAB, WIDTH};
+        at_most("num_hidden_layers", self.num_hidden_layers, LAYERS)?;
+        at_most("num_attention_heads", self.num_attention_heads, HEADS)?;
+        at_most(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            POSITIONS,
+        )?;
+        at_most("vocab_size", self.vocab_size, VOCAB)?;
+        for (key, value) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("projection_dim", self.projection_dim),
+        ] {
+            at_most(key, value, WIDTH)?;
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {

@@ -46,6 +46,37 @@ impl Error {
     }
 }
 
+/// Bounds on the sizes a model config may give. A config is outside input (a hub repo, a
+/// cache folder): its counts size vectors and module lists before any weight is read, so
+/// `"layers_per_block": 4294967296` would ask for tens of GB before the weights could say
+/// it is wrong. Each bound is far above every released SD/SDXL/CLIP model.
+pub mod config_bounds {
+    /// Layers in one block or stack (SDXL's deepest transformer stack has 10; CLIP-G 32).
+    pub const LAYERS: usize = 256;
+    /// Down/up blocks of a UNet or VAE (4 in every released model).
+    pub const BLOCKS: usize = 16;
+    /// Channels, hidden sizes, embedding widths (SDXL's widest is 1280; CLIP-G's MLP 5120).
+    pub const WIDTH: usize = 1 << 16;
+    /// Attention heads (20 in SDXL, 32 in CLIP-G).
+    pub const HEADS: usize = 1024;
+    /// Token vocabulary (CLIP's is 49408) and positions (77).
+    pub const VOCAB: usize = 1 << 21;
+    pub const POSITIONS: usize = 1 << 16;
+    /// Convolution kernels and image sides of a vision tower (224 for the safety checker).
+    pub const KERNEL: usize = 15;
+    pub const IMAGE_SIDE: usize = 4096;
+
+    /// `value` of `key` if at most `max`, else an error naming both.
+    pub fn at_most(key: &str, value: usize, max: usize) -> std::result::Result<(), String> {
+        if value > max {
+            return Err(format!(
+                "{key} = {value} is more than this engine takes ({max})"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Reads and parses a JSON file, naming the file in any error. The text may be JSON as
 /// Python's `json` writes it: see [`parse_json`].
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {

@@ -101,9 +101,23 @@ impl VaeConfig {
     /// Refuses what this implementation cannot build, naming the offending value, rather than
     /// building a model that would silently compute something else.
     fn validate(&self) -> std::result::Result<(), String> {
+        use crate::error::config_bounds::{at_most, BLOCKS, LAYERS, WIDTH};
         let blocks = self.block_out_channels.len();
         if blocks == 0 {
             return Err("block_out_channels is empty".into());
+        }
+        at_most("the number of blocks", blocks, BLOCKS)?;
+        at_most("layers_per_block", self.layers_per_block, LAYERS)?;
+        for (key, value) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("latent_channels", self.latent_channels),
+            ("norm_num_groups", self.norm_num_groups),
+        ] {
+            at_most(key, value, WIDTH)?;
+        }
+        for c in &self.block_out_channels {
+            at_most("block_out_channels", *c, WIDTH)?;
         }
         for (key, types, expected) in [
             (

@@ -407,7 +407,12 @@ pub(crate) async fn store_one(
     result: Output,
 ) -> Result<Media, ApiError> {
     let file = format!("{index}.{}", result.format.extension());
-    if let Err(e) = gateway.inner.store.put(request_id, &file, result.bytes).await {
+    if let Err(e) = gateway
+        .inner
+        .store
+        .put(request_id, &file, result.bytes)
+        .await
+    {
         if crate::storage::is_storage_full(&e) {
             tracing::error!(error = %format!("{e:#}"), "result storage full");
             return Err(ApiError::new(

@@ -235,7 +235,9 @@ mod tests {
         let mode: String = db
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
-        let synchronous: i64 = db.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        let synchronous: i64 = db
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
         assert_eq!((mode.as_str(), synchronous), ("wal", 2), "2 is FULL");
     }
 

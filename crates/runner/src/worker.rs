@@ -316,8 +316,16 @@ mod tests {
     #[test]
     fn retry_after_follows_the_queue_and_recent_jobs() {
         assert_eq!(retry_after_secs(3, None), 5, "nothing known yet");
-        assert_eq!(retry_after_secs(3, Some(2.5)), 8, "3 jobs ahead of 2.5 s, rounded up");
-        assert_eq!(retry_after_secs(1, Some(0.01)), 1, "never 0: that would mean now");
+        assert_eq!(
+            retry_after_secs(3, Some(2.5)),
+            8,
+            "3 jobs ahead of 2.5 s, rounded up"
+        );
+        assert_eq!(
+            retry_after_secs(1, Some(0.01)),
+            1,
+            "never 0: that would mean now"
+        );
         assert_eq!(retry_after_secs(10_000, Some(60.0)), 3600);
         assert_eq!(retry_after_secs(2, Some(f64::NAN)), 5);
     }

@@ -107,13 +107,21 @@ unsafe impl GlobalAlloc for CountingAlloc {
 
 /// Fuzz targets share the process's allocator counters, so they run one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Failing inputs saved (and listed) per run.
+const MAX_FAILURES_SAVED: usize = 20;
 /// Where the last caught panic happened (`file:line`), set by the run's panic hook.
 static PANICKED_AT: Mutex<String> = Mutex::new(String::new());
 
-/// One fuzz target: its name (the corpus folder), seeds, dictionary and limits.
+/// One fuzz target: its name (the corpus folder), seeds, dictionary and limits. The target
+/// function returns whether the input was accepted (parsed to a value rather than refused
+/// with an error): every seed must be, or the target is not reaching what it should test.
 pub struct Fuzz {
     name: String,
+    /// Valid inputs: each must be accepted.
     seeds: Vec<Vec<u8>>,
+    /// Inputs the target must refuse cleanly (hostile or damaged files): mutated like the
+    /// seeds, since their neighbourhood is where parsers break.
+    bad_seeds: Vec<Vec<u8>>,
     dictionary: Vec<Vec<u8>>,
     /// The longest one input may take.
     pub max_time: Duration,
@@ -130,8 +138,12 @@ pub struct Fuzz {
 #[derive(Debug)]
 pub struct Report {
     pub inputs: usize,
+    /// Inputs the target accepted (the rest it refused with an error).
+    pub accepted: usize,
     pub corpus: usize,
     pub failures: Vec<String>,
+    /// Failures past the first [`MAX_FAILURES_SAVED`], counted only.
+    pub failures_not_saved: usize,
     pub slowest: Duration,
     pub peak_bytes: usize,
 }
@@ -155,11 +167,21 @@ impl Fuzz {
             name: name.to_owned(),
             max_len: seeds.iter().map(Vec::len).max().unwrap_or(0) * 2 + 64,
             seeds,
+            bad_seeds: Vec::new(),
             dictionary: Vec::new(),
             max_time: Duration::from_secs(1),
             max_memory: 256 << 20,
             inputs,
         }
+    }
+
+    /// Inputs to mutate that are refused as they are (see [`Fuzz::bad_seeds`]).
+    pub fn bad_seeds(mut self, inputs: Vec<Vec<u8>>) -> Self {
+        self.max_len = self
+            .max_len
+            .max(inputs.iter().map(Vec::len).max().unwrap_or(0) * 2 + 64);
+        self.bad_seeds = inputs;
+        self
     }
 
     /// Tokens of the format that random bytes rarely spell (`"`, `-Infinity`, an opcode).
@@ -187,14 +209,16 @@ impl Fuzz {
     /// Feeds `target` the corpus, the seeds and the mutations, then prints one line of
     /// figures (`fuzz NAME: ...`, which `scripts/chaos_check.sh` collects) and fails the test
     /// if any input failed.
-    pub fn run(self, target: impl Fn(&[u8])) -> Report {
+    pub fn run(self, target: impl Fn(&[u8]) -> bool) -> Report {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let corpus = self.corpus();
         let mut rng = StdRng::seed_from_u64(fuzz_seed() ^ hash(self.name.as_bytes()));
         let mut report = Report {
             inputs: 0,
+            accepted: 0,
             corpus: corpus.len(),
             failures: Vec::new(),
+            failures_not_saved: 0,
             slowest: Duration::ZERO,
             peak_bytes: 0,
         };
@@ -212,33 +236,56 @@ impl Fuzz {
         }));
         let started = Instant::now();
         let mutated = (0..self.inputs).map(|_| self.mutate(&mut rng));
+        let seeds = self.seeds.iter().cloned().map(|s| (true, s));
+        let bad_seeds = self.bad_seeds.iter().cloned().map(|s| (false, s));
         let all = corpus
             .into_iter()
-            .chain(self.seeds.iter().cloned())
-            .chain(mutated);
-        for input in all {
+            .map(|c| (false, c))
+            .chain(seeds)
+            .chain(bad_seeds)
+            .chain(mutated.map(|m| (false, m)));
+        for (is_seed, input) in all {
             report.inputs += 1;
             // Left behind only if the process dies on this input (an abort, a refused
             // allocation, a hang killed from outside).
             let _ = std::fs::create_dir_all(self.failure_dir());
             let _ = std::fs::write(&in_flight, &input);
-            if let Some(problem) = self.one(&target, &input, &mut report) {
-                let path = self.failure_dir().join(format!("{:016x}", hash(&input)));
-                let _ = std::fs::write(&path, &input);
-                report
-                    .failures
-                    .push(format!("{problem} (input saved as {})", path.display()));
+            let outcome = self.one(&target, &input, &mut report);
+            let problem = match outcome {
+                Err(problem) => Some(problem),
+                Ok(false) if is_seed => {
+                    Some("a seed was refused: the target does not reach what it should test".into())
+                }
+                Ok(accepted) => {
+                    report.accepted += usize::from(accepted);
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                // The first few are saved and listed; a target failing everywhere says so
+                // in its count without filling the disk.
+                if report.failures.len() < MAX_FAILURES_SAVED {
+                    let path = self.failure_dir().join(format!("{:016x}", hash(&input)));
+                    let _ = std::fs::write(&path, &input);
+                    report
+                        .failures
+                        .push(format!("{problem} (input saved as {})", path.display()));
+                } else {
+                    report.failures_not_saved += 1;
+                }
             }
         }
         let _ = std::fs::remove_file(&in_flight);
         std::panic::set_hook(usual_hook);
         println!(
-            "fuzz {}: {} inputs ({} corpus, {} seeds), {} failures, slowest {:.1} ms, peak {:.1} MiB, {:.1} s",
+            "fuzz {}: {} inputs ({} corpus, {} seeds, {} bad seeds; {} accepted), {} failures, slowest {:.1} ms, peak {:.1} MiB, {:.1} s",
             self.name,
             report.inputs,
             report.corpus,
             self.seeds.len(),
-            report.failures.len(),
+            self.bad_seeds.len(),
+            report.accepted,
+            report.failures.len() + report.failures_not_saved,
             report.slowest.as_secs_f64() * 1e3,
             report.peak_bytes as f64 / (1 << 20) as f64,
             started.elapsed().as_secs_f64(),
@@ -247,14 +294,19 @@ impl Fuzz {
             report.failures.is_empty(),
             "fuzz target {} failed on {} input(s):\n{}",
             self.name,
-            report.failures.len(),
+            report.failures.len() + report.failures_not_saved,
             report.failures.join("\n")
         );
         report
     }
 
-    /// Runs one input; `Some(problem)` if it failed.
-    fn one(&self, target: &impl Fn(&[u8]), input: &[u8], report: &mut Report) -> Option<String> {
+    /// Runs one input: whether the target accepted it, or the problem if it failed.
+    fn one(
+        &self,
+        target: &impl Fn(&[u8]) -> bool,
+        input: &[u8],
+        report: &mut Report,
+    ) -> Result<bool, String> {
         let before = HELD.load(Ordering::Relaxed);
         PEAK.store(before, Ordering::Relaxed);
         CAP.store(self.max_memory, Ordering::Relaxed);
@@ -270,36 +322,44 @@ impl Fuzz {
         );
         report.slowest = report.slowest.max(took);
         report.peak_bytes = report.peak_bytes.max(peak);
-        if let Err(panic) = outcome {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            let at = std::mem::take(&mut *PANICKED_AT.lock().unwrap_or_else(|e| e.into_inner()));
-            return Some(format!("panicked at {at}: {msg}"));
-        }
+        let accepted = match outcome {
+            Ok(accepted) => accepted,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let at =
+                    std::mem::take(&mut *PANICKED_AT.lock().unwrap_or_else(|e| e.into_inner()));
+                return Err(format!("panicked at {at}: {msg}"));
+            }
+        };
         if took > self.max_time {
-            return Some(format!(
+            return Err(format!(
                 "took {:.0} ms (limit {:.0} ms)",
                 took.as_secs_f64() * 1e3,
                 self.max_time.as_secs_f64() * 1e3
             ));
         }
         if peak > self.max_memory {
-            return Some(format!(
+            return Err(format!(
                 "held {} MiB at once (limit {} MiB)",
                 peak >> 20,
                 self.max_memory >> 20
             ));
         }
-        None
+        Ok(accepted)
     }
 
     fn failure_dir(&self) -> PathBuf {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| crate::fixtures_dir().join("../../target"));
+            .unwrap_or_else(|| {
+                // The workspace's target folder: testkit is at crates/testkit.
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
+            });
+        let target = target.canonicalize().unwrap_or(target);
         target.join("fuzz-failures").join(&self.name)
     }
 
@@ -322,7 +382,11 @@ impl Fuzz {
 
     /// A seed with one to eight mutations stacked on it.
     fn mutate(&self, rng: &mut StdRng) -> Vec<u8> {
-        let mut data = self.seeds[rng.random_range(0..self.seeds.len())].clone();
+        let pick_from = rng.random_range(0..self.seeds.len() + self.bad_seeds.len());
+        let mut data = match pick_from.checked_sub(self.seeds.len()) {
+            Some(bad) => self.bad_seeds[bad].clone(),
+            None => self.seeds[pick_from].clone(),
+        };
         for _ in 0..rng.random_range(1..=8) {
             self.mutate_once(rng, &mut data);
         }
@@ -343,7 +407,17 @@ impl Fuzz {
                 // An interesting integer, little- or big-endian, over 2, 4 or 8 bytes.
                 let v: u64 = *pick(
                     rng,
-                    &[0, 1, 0x7f, 0xff, 0xffff, 50_000, 0x7fff_ffff, 0xffff_ffff, u64::MAX],
+                    &[
+                        0,
+                        1,
+                        0x7f,
+                        0xff,
+                        0xffff,
+                        50_000,
+                        0x7fff_ffff,
+                        0xffff_ffff,
+                        u64::MAX,
+                    ],
                 );
                 let width = *pick(rng, &[2usize, 4, 8]);
                 let bytes = if rng.random() {
@@ -368,7 +442,12 @@ impl Fuzz {
                 let end = (at + rng.random_range(1..=16)).min(data.len());
                 let run = data[at..end].to_vec();
                 let times = *pick(rng, &[2usize, 16, 256, 4096]);
-                let repeated: Vec<u8> = run.iter().copied().cycle().take(run.len() * times).collect();
+                let repeated: Vec<u8> = run
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(run.len() * times)
+                    .collect();
                 data.splice(at..at, repeated);
             }
             5 => data.truncate(at),
@@ -458,7 +537,11 @@ mod tests {
         let outs: Vec<Vec<u8>> = (0..500).map(|_| fuzz.mutate(&mut rng)).collect();
         assert!(outs.iter().all(|o| o.len() <= fuzz.max_len));
         let distinct: std::collections::HashSet<_> = outs.iter().collect();
-        assert!(distinct.len() > 400, "only {} distinct mutations", distinct.len());
+        assert!(
+            distinct.len() > 400,
+            "only {} distinct mutations",
+            distinct.len()
+        );
     }
 
     #[test]

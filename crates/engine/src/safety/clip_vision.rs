@@ -75,6 +75,21 @@ mod defaults {
 impl ClipVisionConfig {
     /// Checks the shapes fit together; the message names the offending keys.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        use crate::error::config_bounds::{at_most, HEADS, IMAGE_SIDE, LAYERS, WIDTH};
+        at_most("vision num_hidden_layers", self.num_hidden_layers, LAYERS)?;
+        at_most(
+            "vision num_attention_heads",
+            self.num_attention_heads,
+            HEADS,
+        )?;
+        at_most("vision image_size", self.image_size, IMAGE_SIDE)?;
+        for (key, value) in [
+            ("vision hidden_size", self.hidden_size),
+            ("vision intermediate_size", self.intermediate_size),
+            ("vision num_channels", self.num_channels),
+        ] {
+            at_most(key, value, WIDTH)?;
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {

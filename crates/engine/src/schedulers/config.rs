@@ -418,6 +418,10 @@ pub struct SchedulerConfig {
     given: Map<String, Value>,
 }
 
+/// The most training timesteps a config may claim. Every released model was trained with
+/// 1000; the bound keeps a hostile config from sizing the schedule's arrays.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 impl SchedulerConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let value: Value = read_json(path)?;
@@ -465,6 +469,13 @@ impl SchedulerConfig {
         };
         if self.num_train_timesteps == 0 {
             return unsupported("num_train_timesteps = 0");
+        }
+        if self.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+            // The schedule holds a few f64s per training step: 2^32 of them is 100 GB.
+            return unsupported(&format!(
+                "num_train_timesteps = {} (at most {MAX_TRAIN_TIMESTEPS})",
+                self.num_train_timesteps
+            ));
         }
         if let Some(betas) = &self.trained_betas {
             if betas.len() != self.num_train_timesteps {

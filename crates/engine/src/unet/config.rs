@@ -156,7 +156,31 @@ impl UNetConfig {
 
     /// Refuses options that change the computation and that this engine does not implement.
     fn check(&self) -> std::result::Result<(), String> {
+        use crate::error::config_bounds::{at_most, BLOCKS, HEADS, KERNEL, LAYERS, WIDTH};
         let n = self.block_out_channels.len();
+        at_most("the number of blocks", n, BLOCKS)?;
+        at_most("layers_per_block", self.layers_per_block, LAYERS)?;
+        for (key, value) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("norm_num_groups", self.norm_num_groups),
+            ("cross_attention_dim", self.cross_attention_dim),
+            (
+                "addition_time_embed_dim",
+                self.addition_time_embed_dim.unwrap_or(0),
+            ),
+            (
+                "projection_class_embeddings_input_dim",
+                self.projection_class_embeddings_input_dim.unwrap_or(0),
+            ),
+        ] {
+            at_most(key, value, WIDTH)?;
+        }
+        for c in &self.block_out_channels {
+            at_most("block_out_channels", *c, WIDTH)?;
+        }
+        at_most("conv_in_kernel", self.conv_in_kernel, KERNEL)?;
+        at_most("conv_out_kernel", self.conv_out_kernel, KERNEL)?;
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(format!(
                 "{} block_out_channels, {} down blocks, {} up blocks: they must match",
@@ -230,8 +254,12 @@ impl UNetConfig {
         if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err("conv_in_kernel and conv_out_kernel must be odd".into());
         }
-        self.down_specs().map(|_| ())?;
-        self.up_specs().map(|_| ())?;
+        for spec in self.down_specs()?.iter().chain(&self.up_specs()?) {
+            at_most("attention heads", spec.heads, HEADS)?;
+            for layers in &spec.transformer_layers {
+                at_most("transformer_layers_per_block", *layers, LAYERS)?;
+            }
+        }
         Ok(())
     }
 
