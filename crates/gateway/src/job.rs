@@ -9,7 +9,9 @@ use axum::Json;
 use bytes::Bytes;
 use tessera_api::output::parse_data_url;
 use tessera_api::wire::{ImageResponse, Media};
-use tessera_api::{defaults, ApiError, Form, ImageFormat, OutputFormat};
+use tessera_api::{
+    defaults, ApiError, CheckedRequest, Form, ImageFormat, ImageToImage, OutputFormat,
+};
 
 use crate::ledger::{status, JobRecord};
 use crate::select::{rank, Candidate};
@@ -41,20 +43,92 @@ pub(crate) struct Output {
     pub nsfw: bool,
 }
 
+/// One stored image of a finished job: where it is served, and its bytes (for answers that
+/// carry the image itself, as OpenAI's `b64_json` does).
+pub(crate) struct Stored {
+    pub media: Media,
+    pub bytes: Bytes,
+    pub format: ImageFormat,
+}
+
+/// Why a job did not succeed, before it is worded for a client.
+pub(crate) enum Refusal {
+    /// Decided here, or the last of the orchestrators' failures.
+    Gateway(ApiError),
+    /// The request itself is bad (400, 413, 422): the runner's answer as it came, since any
+    /// other orchestrator would say the same.
+    Runner {
+        status: StatusCode,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+    },
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Self::Gateway(e)
+    }
+}
+
+impl IntoResponse for Refusal {
+    /// In the runner's (ai-runner's) shapes, as `POST /image-to-image` answers.
+    fn into_response(self) -> Response {
+        match self {
+            Self::Gateway(e) => e.into_response(),
+            Self::Runner {
+                status,
+                body,
+                content_type,
+            } => {
+                let mut response = (status, body).into_response();
+                if let Some(ct) = content_type {
+                    response.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                response
+            }
+        }
+    }
+}
+
+/// A synchronous job once it is over, and recorded.
+pub(crate) struct Executed {
+    /// The ledger's id of the job (`GET /jobs/<id>`), also for a refused one.
+    pub request_id: String,
+    pub result: Result<Vec<Stored>, Refusal>,
+}
+
 /// How one orchestrator answered.
 enum Attempt {
     /// Results, decoded.
     Done(Vec<Output>),
-    /// The request itself is bad (400, 413, 422): the client gets the runner's answer,
-    /// since any other orchestrator would say the same.
-    Refused(Response, String),
+    /// The request itself is bad: see [`Refusal::Runner`].
+    Refused(Refusal, String),
     /// This orchestrator could not do it; another may.
     Failed(String),
 }
 
-/// Runs the job and records it, whatever happens. The request id is in `X-Request-Id`,
-/// for `GET /jobs/<id>`.
+/// `POST /image-to-image`: runs the job and answers with its stored images' URLs. The
+/// request id is in `X-Request-Id`, for `GET /jobs/<id>`.
 pub(super) async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Response {
+    let executed = execute(gateway, Form::read(headers, body).await).await;
+    let mut response = match executed.result {
+        Ok(stored) => Json(ImageResponse {
+            images: stored.into_iter().map(|s| s.media).collect(),
+        })
+        .into_response(),
+        Err(refusal) => refusal.into_response(),
+    };
+    if let Ok(id) = HeaderValue::from_str(&executed.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+/// Runs a job from its form — or records why its request could not become one — and
+/// writes it to the ledger, whatever happens. Every synchronous API of the gateway (its
+/// own `POST /image-to-image`, OpenAI's `POST /v1/images/edits`) goes through here, so
+/// that routing, pricing, storage and the ledger are the same for all of them.
+pub(crate) async fn execute(gateway: &Gateway, form: Result<Form, ApiError>) -> Executed {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let mut record = JobRecord {
@@ -74,14 +148,14 @@ pub(super) async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) 
         status: status::FAILED.into(),
         error: None,
     };
-    let mut response = match run(gateway, &mut record, headers, body).await {
+    let result = match run(gateway, &mut record, form).await {
         Ok(images) => {
             record.status = status::OK.into();
-            Json(images).into_response()
+            Ok(images)
         }
-        Err((status, response)) => {
+        Err((status, refusal)) => {
             record.status = status.into();
-            response
+            Err(refusal)
         }
     };
     record.latency_ms = started.elapsed().as_millis() as u64;
@@ -92,13 +166,10 @@ pub(super) async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) 
         Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "cannot write the ledger"),
         Err(e) => tracing::error!(error = %e, "cannot write the ledger"),
     }
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", id);
-    }
-    response
+    Executed { request_id, result }
 }
 
-type Failure = (&'static str, Response);
+type Failure = (&'static str, Refusal);
 
 fn rejected(record: &mut JobRecord, e: ApiError) -> Failure {
     record.error = Some(e.message());
@@ -107,18 +178,15 @@ fn rejected(record: &mut JobRecord, e: ApiError) -> Failure {
     } else {
         status::FAILED
     };
-    (kind, e.into_response())
+    (kind, Refusal::Gateway(e))
 }
 
 async fn run(
     gateway: &Gateway,
     record: &mut JobRecord,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<ImageResponse, Failure> {
-    let form = Form::read(headers, body)
-        .await
-        .map_err(|e| rejected(record, e))?;
+    form: Result<Form, ApiError>,
+) -> Result<Vec<Stored>, Failure> {
+    let form = form.map_err(|e| rejected(record, e))?;
     let config = &gateway.inner.config;
     if form.get(crate::webhook::FIELD).is_some() {
         return Err(rejected(
@@ -146,7 +214,7 @@ async fn run(
     let images = store_all(gateway, &record.request_id, results)
         .await
         .map_err(|e| rejected(record, e))?;
-    record.outputs = images.images.len() as u32;
+    record.outputs = images.len() as u32;
     Ok(images)
 }
 
@@ -187,8 +255,25 @@ pub(crate) fn inspect(
     })
 }
 
+/// The most images per prompt [`check_as_runner`] lets through (runners refuse what is
+/// above their own limit).
+const MAX_CHECKED_IMAGES: u32 = 4096;
+
+/// Checks a routed job as any runner would, so that what every runner would refuse is
+/// refused here, in the runner's words, before a runner is asked. The counts are left to
+/// the runners, whose limits may be above this gateway's (as the synchronous path leaves
+/// them), within a bound that keeps this check cheap.
+pub(crate) fn check_as_runner(gateway: &Gateway, job: &Routed) -> Result<CheckedRequest, ApiError> {
+    let counts_unbounded = tessera_api::Limits {
+        max_images_per_prompt: MAX_CHECKED_IMAGES,
+        max_inference_steps: u32::MAX,
+        ..gateway.inner.config.limits.clone()
+    };
+    ImageToImage::from_form(&job.form)?.check(&job.model_id, &counts_unbounded)
+}
+
 /// The input image's width and height, from its header.
-fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
+pub(crate) fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
     let not_an_image = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(format!(
             "image: not a readable image (PNG, JPEG, WebP, GIF, BMP or TIFF): {e}"
@@ -272,7 +357,7 @@ async fn dispatch(
         errors.join("; ")
     ));
     record.error = Some(e.message());
-    Err((status::FAILED, e.into_response()))
+    Err((status::FAILED, Refusal::Gateway(e)))
 }
 
 /// Sends the job to one orchestrator and sorts its answer.
@@ -305,11 +390,12 @@ async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) 
         status,
         StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
     ) {
-        let mut response = (status, body).into_response();
-        if let Some(ct) = content_type {
-            response.headers_mut().insert(header::CONTENT_TYPE, ct);
-        }
-        return Attempt::Refused(response, msg);
+        let refusal = Refusal::Runner {
+            status,
+            body,
+            content_type,
+        };
+        return Attempt::Refused(refusal, msg);
     }
     Attempt::Failed(format!("{status}: {msg}"))
 }
@@ -341,17 +427,23 @@ pub(crate) fn decode_media(m: &Media) -> Result<Output, String> {
     })
 }
 
-/// Stores each image under its own name and answers with their URLs.
+/// Stores each image under its own name.
 async fn store_all(
     gateway: &Gateway,
     request_id: &str,
     results: Vec<Output>,
-) -> Result<ImageResponse, ApiError> {
+) -> Result<Vec<Stored>, ApiError> {
     let mut images = Vec::with_capacity(results.len());
     for (i, result) in results.into_iter().enumerate() {
-        images.push(store_one(gateway, request_id, i, result).await?);
+        let (bytes, format) = (result.bytes.clone(), result.format);
+        let media = store_one(gateway, request_id, i, result).await?;
+        images.push(Stored {
+            media,
+            bytes,
+            format,
+        });
     }
-    Ok(ImageResponse { images })
+    Ok(images)
 }
 
 /// Stores image `index` of a request as `<request-id>/<index>.<ext>` and answers with its
