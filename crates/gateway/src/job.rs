@@ -64,12 +64,6 @@ pub(crate) enum Refusal {
     },
 }
 
-impl From<ApiError> for Refusal {
-    fn from(e: ApiError) -> Self {
-        Self::Gateway(e)
-    }
-}
-
 impl IntoResponse for Refusal {
     /// In the runner's (ai-runner's) shapes, as `POST /image-to-image` answers.
     fn into_response(self) -> Response {

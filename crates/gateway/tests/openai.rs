@@ -387,3 +387,22 @@ async fn models_lists_what_the_ready_runners_serve_in_openai_s_shape() {
     let message = openai_error(&body, "invalid_request_error", None, Some("unknown_url"));
     assert!(message.contains("/v1/images/generations"), "{message}");
 }
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_in_openai_s_shape() {
+    let runner = fake_runner(Behaviour::Answer { tag: 1 }, None).await;
+    let o = orchestrator_for(&runner, true, 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(dir.path(), &[&o]);
+    config.limits.max_upload_bytes = 1000;
+    let gw = gateway(config).await;
+    let big = vec![0u8; 2 << 20];
+    let (status, _, _, body) = post_edit(&gw, edit_form(big, &[]), None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let message = openai_error(&body, "invalid_request_error", None, None);
+    assert!(
+        message.contains("larger than the gateway accepts"),
+        "{message}"
+    );
+    assert_eq!(runner.hits(), 0);
+}

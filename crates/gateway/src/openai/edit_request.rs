@@ -6,6 +6,7 @@
 //! do. Fields OpenAI does not have pass through under their ai-runner names (`seed`,
 //! `negative_prompt`, `num_inference_steps`, ..., what the SDKs send from `extra_body`).
 
+use tessera_api::form::Part;
 use tessera_api::Form;
 
 use super::error::{OpenAiError, RENAMED};
@@ -107,9 +108,11 @@ pub(crate) fn translate(openai: Form, max_side: u32) -> Result<EditRequest, Open
             ))
         }
     };
-    let mut image = image.clone();
-    image.name = "image".into();
-    form.parts.push(image.clone());
+    let image_data = image.data.clone();
+    form.parts.push(Part {
+        name: "image".into(),
+        ..image.clone()
+    });
 
     let mut response_format = ResponseFormat::B64Json;
     let mut output_format = "png";
@@ -217,7 +220,7 @@ pub(crate) fn translate(openai: Form, max_side: u32) -> Result<EditRequest, Open
                     ))
                 }
             },
-            "size" => check_size(value, &image.data, max_side)?,
+            "size" => check_size(value, &image_data, max_side)?,
             // Identify the end user to OpenAI's abuse monitoring; they change no image.
             "user" | "safety_identifier" => {}
             _ if PASSED_THROUGH.contains(&name) => form.set_text(name, value),
@@ -343,7 +346,6 @@ fn loras_json(loras: &[(&str, &str)]) -> Result<String, OpenAiError> {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use tessera_api::form::Part;
 
     fn part(name: &str, value: &str) -> Part {
         Part {
@@ -437,78 +439,45 @@ mod tests {
 
     #[test]
     fn what_tessera_cannot_honour_is_a_400_naming_the_field() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
-            (&[("mask", "x")], "mask", "unsupported_parameter"),
+        // (field, value, param, code)
+        let unsupported = "unsupported_parameter";
+        let invalid = "invalid_value";
+        let unknown = "unknown_parameter";
+        let cases = [
+            ("mask", "x", "mask", unsupported),
+            ("background", "transparent", "background", unsupported),
+            ("quality", "high", "quality", unsupported),
+            ("size", "1024x1024", "size", unsupported),
+            ("stream", "true", "stream", unsupported),
+            ("input_fidelity", "high", "input_fidelity", unsupported),
+            ("svg[model]", "x", "svg[model]", unsupported),
+            ("output_format", "gif", "output_format", invalid),
+            ("response_format", "file", "response_format", invalid),
+            ("n", "0", "n", invalid),
+            ("n", "two", "n", invalid),
+            ("output_compression", "101", "output_compression", invalid),
             (
-                &[("background", "transparent")],
-                "background",
-                "unsupported_parameter",
-            ),
-            (&[("quality", "high")], "quality", "unsupported_parameter"),
-            (&[("size", "1024x1024")], "size", "unsupported_parameter"),
-            (&[("stream", "true")], "stream", "unsupported_parameter"),
-            (
-                &[("input_fidelity", "high")],
-                "input_fidelity",
-                "unsupported_parameter",
-            ),
-            (
-                &[("svg[model]", "x")],
-                "svg[model]",
-                "unsupported_parameter",
-            ),
-            (
-                &[("output_format", "gif")],
-                "output_format",
-                "invalid_value",
-            ),
-            (
-                &[("response_format", "file")],
-                "response_format",
-                "invalid_value",
-            ),
-            (&[("n", "0")], "n", "invalid_value"),
-            (&[("n", "two")], "n", "invalid_value"),
-            (
-                &[("output_compression", "101")],
-                "output_compression",
-                "invalid_value",
-            ),
-            (
-                &[("num_images_per_prompt", "2")],
                 "num_images_per_prompt",
-                "invalid_value",
+                "2",
+                "num_images_per_prompt",
+                invalid,
             ),
-            (&[("model_id", "a/b")], "model_id", "invalid_value"),
-            (&[("loras[a/b]", "much")], "loras", "invalid_value"),
-            (
-                &[("loras", "{}"), ("loras[a/b]", "1")],
-                "loras",
-                "invalid_value",
-            ),
-            (&[("colour", "red")], "colour", "unknown_parameter"),
-            (
-                &[("webhook_url", "http://x")],
-                "webhook_url",
-                "unknown_parameter",
-            ),
+            ("model_id", "a/b", "model_id", invalid),
+            ("loras[a/b]", "much", "loras", invalid),
+            ("colour", "red", "colour", unknown),
+            ("webhook_url", "http://x", "webhook_url", unknown),
         ];
-        for (fields, param, code) in cases {
-            let e = translate(openai(fields), 4096).unwrap_err();
-            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{fields:?}");
-            assert_eq!(
-                e.param.as_deref(),
-                Some(*param),
-                "{fields:?}: {}",
-                e.message
-            );
-            assert_eq!(e.code, Some(*code), "{fields:?}: {}", e.message);
-            assert!(
-                e.message.contains(param.trim_end_matches("[model]")),
-                "{}",
-                e.message
-            );
+        for (name, value, param, code) in cases {
+            let e = translate(openai(&[(name, value)]), 4096).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{name}");
+            assert_eq!(e.param.as_deref(), Some(param), "{name}: {}", e.message);
+            assert_eq!(e.code, Some(code), "{name}: {}", e.message);
+            assert!(e.message.contains(param), "{}", e.message);
         }
+        let both = openai(&[("loras", "{}"), ("loras[a/b]", "1")]);
+        let e = translate(both, 4096).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("loras"));
+        assert!(e.message.contains("not both"), "{}", e.message);
         // A mask is a file: refused by name, not for its bytes.
         let mut masked = openai(&[]);
         masked.parts.push(Part {

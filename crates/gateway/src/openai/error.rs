@@ -252,10 +252,7 @@ const MESSAGE_FIELDS: [&str; 15] = [
 /// (followed by a space or a colon), or `loras` for ai-runner's LoRA messages, which name
 /// the adapter instead.
 fn param_in(message: &str) -> Option<&'static str> {
-    let lead = message
-        .split(|c: char| c == ' ' || c == ':')
-        .next()
-        .unwrap_or_default();
+    let lead = message.split([' ', ':']).next().unwrap_or_default();
     if let Some(field) = MESSAGE_FIELDS.iter().find(|f| **f == lead) {
         return Some(openai_name(field));
     }

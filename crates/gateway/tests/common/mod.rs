@@ -40,13 +40,16 @@ pub enum Behaviour {
     Slow { tag: u8, millis: u64 },
 }
 
+/// The fields of a form, by name, as sent, in order.
+pub type Fields = Vec<(String, Vec<u8>)>;
+
 /// A fake runner and what it saw.
 #[derive(Clone)]
 pub struct FakeRunner {
     pub url: String,
     hits: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
-    last: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    last: Arc<Mutex<Fields>>,
 }
 
 impl FakeRunner {
@@ -54,8 +57,8 @@ impl FakeRunner {
         self.hits.load(Ordering::SeqCst)
     }
 
-    /// The fields of the last job it got, by name, as sent, in order.
-    pub fn last_fields(&self) -> Vec<(String, Vec<u8>)> {
+    /// The fields of the last job it got.
+    pub fn last_fields(&self) -> Fields {
         self.last.lock().unwrap().clone()
     }
 
@@ -79,7 +82,7 @@ struct FakeState {
     token: Option<String>,
     hits: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
-    last: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    last: Arc<Mutex<Fields>>,
 }
 
 /// The PNG a fake runner answers for image `i` with `tag`.
