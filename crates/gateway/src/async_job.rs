@@ -31,7 +31,7 @@ use tessera_api::jobs::{
     WebhookStatus, EVENT_STREAM, RESPOND_ASYNC,
 };
 use tessera_api::wire::{ImageResponse, Media};
-use tessera_api::{ApiError, Form, ImageToImage};
+use tessera_api::{ApiError, Form};
 use tokio::sync::{broadcast, watch};
 
 use crate::job::{self, Routed};
@@ -46,10 +46,6 @@ const EVENT_BACKLOG: usize = 1024;
 
 /// Comments sent on quiet event streams, so that proxies keep them open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// The most images per prompt the gateway's own check of an async request lets through
-/// (runners refuse what is above their own limit).
-const MAX_CHECKED_IMAGES: u32 = 4096;
 
 /// What a gateway that starts says of the jobs it finds unfinished.
 pub(crate) const RESTARTED: &str =
@@ -280,14 +276,8 @@ async fn accept(
     let config = &gateway.inner.config;
     let job = job::inspect(form, &config.default_model, config.limits.max_image_side)?;
     // What any runner would refuse is refused now, with its words, rather than after the
-    // 202. The counts are left to the runners, whose limits may be above this gateway's
-    // (as the synchronous path leaves them), within a bound that keeps this check cheap.
-    let counts_unbounded = tessera_api::Limits {
-        max_images_per_prompt: MAX_CHECKED_IMAGES,
-        max_inference_steps: u32::MAX,
-        ..config.limits.clone()
-    };
-    let checked = ImageToImage::from_form(&job.form)?.check(&job.model_id, &counts_unbounded)?;
+    // 202.
+    let checked = job::check_as_runner(gateway, &job)?;
     job::choose(gateway, &job.model_id, job.pixels)?;
 
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -9,7 +9,9 @@ use axum::Json;
 use bytes::Bytes;
 use tessera_api::output::parse_data_url;
 use tessera_api::wire::{ImageResponse, Media};
-use tessera_api::{defaults, ApiError, Form, ImageFormat, OutputFormat};
+use tessera_api::{
+    defaults, ApiError, CheckedRequest, Form, ImageFormat, ImageToImage, OutputFormat,
+};
 
 use crate::ledger::{status, JobRecord};
 use crate::select::{rank, Candidate};
@@ -41,22 +43,103 @@ pub(crate) struct Output {
     pub nsfw: bool,
 }
 
+/// One stored image of a finished job: where it is served, and its bytes (for answers that
+/// carry the image itself, as OpenAI's `b64_json` does).
+pub(crate) struct Stored {
+    pub media: Media,
+    pub bytes: Bytes,
+    pub format: ImageFormat,
+}
+
+/// Why a job did not succeed, before it is worded for a client.
+pub(crate) enum Refusal {
+    /// Decided here, or the last of the orchestrators' failures.
+    Gateway(ApiError),
+    /// Every orchestrator tried was busy; the soonest said to come back after this long.
+    Busy {
+        error: ApiError,
+        retry_after_secs: u64,
+    },
+    /// The request itself is bad (400, 413, 422): the runner's answer as it came, since any
+    /// other orchestrator would say the same.
+    Runner {
+        status: StatusCode,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+    },
+}
+
+impl IntoResponse for Refusal {
+    /// In the runner's (ai-runner's) shapes, as `POST /image-to-image` answers.
+    fn into_response(self) -> Response {
+        match self {
+            Self::Gateway(e) => e.into_response(),
+            Self::Busy {
+                error,
+                retry_after_secs,
+            } => {
+                let mut response = error.into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                response
+            }
+            Self::Runner {
+                status,
+                body,
+                content_type,
+            } => {
+                let mut response = (status, body).into_response();
+                if let Some(ct) = content_type {
+                    response.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                response
+            }
+        }
+    }
+}
+
+/// A synchronous job once it is over, and recorded.
+pub(crate) struct Executed {
+    /// The ledger's id of the job (`GET /jobs/<id>`), also for a refused one.
+    pub request_id: String,
+    pub result: Result<Vec<Stored>, Refusal>,
+}
+
 /// How one orchestrator answered.
 enum Attempt {
     /// Results, decoded.
     Done(Vec<Output>),
-    /// The request itself is bad (400, 413, 422): the client gets the runner's answer,
-    /// since any other orchestrator would say the same.
-    Refused(Response, String),
+    /// The request itself is bad: see [`Refusal::Runner`].
+    Refused(Refusal, String),
     /// This orchestrator could not do it; another may.
     Failed(String),
     /// This orchestrator is busy (503) and said when to come back.
     Busy(String, u64),
 }
 
-/// Runs the job and records it, whatever happens. The request id is in `X-Request-Id`,
-/// for `GET /jobs/<id>`.
+/// `POST /image-to-image`: runs the job and answers with its stored images' URLs. The
+/// request id is in `X-Request-Id`, for `GET /jobs/<id>`.
 pub(super) async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Response {
+    let executed = execute(gateway, Form::read(headers, body).await).await;
+    let mut response = match executed.result {
+        Ok(stored) => Json(ImageResponse {
+            images: stored.into_iter().map(|s| s.media).collect(),
+        })
+        .into_response(),
+        Err(refusal) => refusal.into_response(),
+    };
+    if let Ok(id) = HeaderValue::from_str(&executed.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+/// Runs a job from its form — or records why its request could not become one — and
+/// writes it to the ledger, whatever happens. Every synchronous API of the gateway (its
+/// own `POST /image-to-image`, OpenAI's `POST /v1/images/edits`) goes through here, so
+/// that routing, pricing, storage and the ledger are the same for all of them.
+pub(crate) async fn execute(gateway: &Gateway, form: Result<Form, ApiError>) -> Executed {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let mut record = JobRecord {
@@ -76,14 +159,14 @@ pub(super) async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) 
         status: status::FAILED.into(),
         error: None,
     };
-    let mut response = match run(gateway, &mut record, headers, body).await {
+    let result = match run(gateway, &mut record, form).await {
         Ok(images) => {
             record.status = status::OK.into();
-            Json(images).into_response()
+            Ok(images)
         }
-        Err((status, response)) => {
+        Err((status, refusal)) => {
             record.status = status.into();
-            response
+            Err(refusal)
         }
     };
     record.latency_ms = started.elapsed().as_millis() as u64;
@@ -94,13 +177,10 @@ pub(super) async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) 
         Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "cannot write the ledger"),
         Err(e) => tracing::error!(error = %e, "cannot write the ledger"),
     }
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", id);
-    }
-    response
+    Executed { request_id, result }
 }
 
-type Failure = (&'static str, Response);
+type Failure = (&'static str, Refusal);
 
 fn rejected(record: &mut JobRecord, e: ApiError) -> Failure {
     record.error = Some(e.message());
@@ -109,18 +189,15 @@ fn rejected(record: &mut JobRecord, e: ApiError) -> Failure {
     } else {
         status::FAILED
     };
-    (kind, e.into_response())
+    (kind, Refusal::Gateway(e))
 }
 
 async fn run(
     gateway: &Gateway,
     record: &mut JobRecord,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<ImageResponse, Failure> {
-    let form = Form::read(headers, body)
-        .await
-        .map_err(|e| rejected(record, e))?;
+    form: Result<Form, ApiError>,
+) -> Result<Vec<Stored>, Failure> {
+    let form = form.map_err(|e| rejected(record, e))?;
     let config = &gateway.inner.config;
     if form.get(crate::webhook::FIELD).is_some() {
         return Err(rejected(
@@ -148,7 +225,7 @@ async fn run(
     let images = store_all(gateway, &record.request_id, results)
         .await
         .map_err(|e| rejected(record, e))?;
-    record.outputs = images.images.len() as u32;
+    record.outputs = images.len() as u32;
     Ok(images)
 }
 
@@ -189,8 +266,25 @@ pub(crate) fn inspect(
     })
 }
 
+/// The most images per prompt [`check_as_runner`] lets through (runners refuse what is
+/// above their own limit).
+const MAX_CHECKED_IMAGES: u32 = 4096;
+
+/// Checks a routed job as any runner would, so that what every runner would refuse is
+/// refused here, in the runner's words, before a runner is asked. The counts are left to
+/// the runners, whose limits may be above this gateway's (as the synchronous path leaves
+/// them), within a bound that keeps this check cheap.
+pub(crate) fn check_as_runner(gateway: &Gateway, job: &Routed) -> Result<CheckedRequest, ApiError> {
+    let counts_unbounded = tessera_api::Limits {
+        max_images_per_prompt: MAX_CHECKED_IMAGES,
+        max_inference_steps: u32::MAX,
+        ..gateway.inner.config.limits.clone()
+    };
+    ImageToImage::from_form(&job.form)?.check(&job.model_id, &counts_unbounded)
+}
+
 /// The input image's width and height, from its header.
-fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
+pub(crate) fn image_size(bytes: &[u8], max_side: u32) -> Result<(u32, u32), ApiError> {
     let not_an_image = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(format!(
             "image: not a readable image (PNG, JPEG, WebP, GIF, BMP or TIFF): {e}"
@@ -284,14 +378,17 @@ async fn dispatch(
         errors.join("; ")
     ));
     record.error = Some(e.message());
-    let mut response = e.into_response();
     // Every one was busy: the client may come back when the first said it would be free.
-    if let (true, Some(secs)) = (all_busy, retry_after) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    match (all_busy, retry_after) {
+        (true, Some(retry_after_secs)) => Err((
+            status::FAILED,
+            Refusal::Busy {
+                error: e,
+                retry_after_secs,
+            },
+        )),
+        _ => Err((status::FAILED, Refusal::Gateway(e))),
     }
-    Err((status::FAILED, response))
 }
 
 /// Sends the job to one orchestrator and sorts its answer.
@@ -325,11 +422,12 @@ async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) 
         status,
         StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
     ) {
-        let mut response = (status, body).into_response();
-        if let Some(ct) = content_type {
-            response.headers_mut().insert(header::CONTENT_TYPE, ct);
-        }
-        return Attempt::Refused(response, msg);
+        let refusal = Refusal::Runner {
+            status,
+            body,
+            content_type,
+        };
+        return Attempt::Refused(refusal, msg);
     }
     let retry_after = (status == StatusCode::SERVICE_UNAVAILABLE)
         .then(|| retry_after_header(&headers))
@@ -378,16 +476,21 @@ pub(crate) fn decode_media(m: &Media) -> Result<Output, String> {
     })
 }
 
-/// Stores each image under its own name and answers with their URLs.
+/// Stores each image under its own name.
 async fn store_all(
     gateway: &Gateway,
     request_id: &str,
     results: Vec<Output>,
-) -> Result<ImageResponse, ApiError> {
+) -> Result<Vec<Stored>, ApiError> {
     let mut images = Vec::with_capacity(results.len());
     for (i, result) in results.into_iter().enumerate() {
+        let (bytes, format) = (result.bytes.clone(), result.format);
         match store_one(gateway, request_id, i, result).await {
-            Ok(media) => images.push(media),
+            Ok(media) => images.push(Stored {
+                media,
+                bytes,
+                format,
+            }),
             Err(e) => {
                 // The client gets an error, not these URLs: the images before it go too.
                 gateway.inner.store.remove_request(request_id).await;
@@ -395,7 +498,7 @@ async fn store_all(
             }
         }
     }
-    Ok(ImageResponse { images })
+    Ok(images)
 }
 
 /// Stores image `index` of a request as `<request-id>/<index>.<ext>` and answers with its

@@ -9,12 +9,16 @@
 //! once, then `GET /jobs/<id>`, `GET /jobs/<id>/events` (Server-Sent Events), cancel, and a
 //! signed webhook ([`webhook`]) when it ends; jobs are kept in SQLite beside the ledger
 //! ([`job_store`]) and survive restarts.
+//!
+//! OpenAI's images API is served too (`openai`): `POST /v1/images/edits` runs through the
+//! same job path, and `GET /v1/models` lists the models the ready runners serve.
 
 mod async_job;
 mod config;
 mod job;
 pub mod job_store;
 pub mod ledger;
+mod openai;
 mod registry;
 pub mod select;
 pub mod storage;
@@ -29,7 +33,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
@@ -171,6 +175,10 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/jobs/{request_id}/cancel", post(cancel_job))
         .route("/jobs/{request_id}/events", get(job_events))
         .route("/health", get(health))
+        .route("/v1/images/edits", post(openai::edits))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{*model}", get(openai::get_model))
+        .route("/v1/{*rest}", any(openai::unknown))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |r, n| {
             tessera_api::oversize::drain_oversized(body_limit, r, n)

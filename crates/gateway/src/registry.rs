@@ -1,9 +1,9 @@
 //! The runners a gateway can reach: each configured orchestrator's `GET /discovery`,
 //! refreshed periodically, and the latency each runner has shown per model.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use tessera_api::live::{model_of_app, DiscoveryEntry, DiscoveryRunner, PriceInfo};
@@ -22,6 +22,9 @@ pub struct Registry {
     orchestrators: Vec<Known>,
     /// Seconds per pixel per step, by (runner URL, model id).
     scores: Mutex<HashMap<(String, String), f64>>,
+    /// When a refresh first found each model served (Unix seconds), for `GET /v1/models`'
+    /// `created`: discovery tells no model's age, and this one is at least true and stable.
+    first_seen: Mutex<HashMap<String, u64>>,
 }
 
 struct Known {
@@ -55,6 +58,7 @@ impl Registry {
                 })
                 .collect(),
             scores: Mutex::new(HashMap::new()),
+            first_seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,6 +87,35 @@ impl Registry {
             *o.runners.write().unwrap_or_else(|e| e.into_inner()) = runners;
         });
         futures::future::join_all(asks).await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let served = self.models();
+        let mut first_seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for model in served.into_keys() {
+            first_seen.entry(model).or_insert(now);
+        }
+    }
+
+    /// The model ids some ready runner serves at a price an image job can be charged in (so
+    /// each is one [`Registry::offered`] says yes to), sorted, each with when it was first
+    /// seen served (Unix seconds; 0 until a refresh has recorded it).
+    pub fn models(&self) -> BTreeMap<String, u64> {
+        let first_seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut models = BTreeMap::new();
+        for o in &self.orchestrators {
+            let runners = o.runners.read().unwrap_or_else(|e| e.into_inner());
+            for r in runners.iter() {
+                let Some(model) = model_of_app(&r.app) else {
+                    continue;
+                };
+                if job_price(r.price_info.as_ref(), 1).is_some() {
+                    let seen = first_seen.get(model).copied().unwrap_or(0);
+                    models.insert(model.to_owned(), seen);
+                }
+            }
+        }
+        models
     }
 
     /// Every runner serving `model_id`, priced for a job of `pixels` input pixels, with

@@ -186,3 +186,79 @@ async fn in_process_runners_take_the_orchestrators_limits() {
         .collect();
     assert_eq!(seeds, (3..15).collect::<Vec<_>>());
 }
+
+/// OpenAI's `POST /v1/images/edits` is the same job as `POST /image-to-image`: with the
+/// real engine, the same seed and settings (JPEG at OpenAI's `output_compression`, the
+/// runner's `output_quality`) give byte-equal images.
+#[tokio::test]
+async fn openai_edits_give_the_image_to_image_answers_bytes() {
+    let models = tempfile::tempdir().unwrap();
+    let folder = fixtures().join("models/tiny-instruct-pix2pix");
+    tessera_engine::hub::link_as_hub_cache(&folder, models.path(), "tessera/tiny-a").unwrap();
+    let o = orchestrator(
+        json!([cold("tessera/tiny-a")]),
+        OrchestratorConfig {
+            model_dir: models.path().to_owned(),
+            ..OrchestratorConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(dir.path(), &[&o]);
+    config.default_model = "tessera/tiny-a".into();
+    config.attempt_timeout_secs = 300.0;
+    let gw = gateway(config).await;
+
+    let shared = [
+        ("num_inference_steps", "2"),
+        ("safety_check", "false"),
+        ("seed", "11"),
+        ("output_format", "jpeg"),
+    ];
+    let mut native = shared.to_vec();
+    native.extend([("num_images_per_prompt", "2"), ("output_quality", "70")]);
+    let (status, _, body) = post_job(&gw, form(square_png(), &native), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut want = Vec::new();
+    for m in body["images"].as_array().unwrap() {
+        let url = format!("{gw}{}", m["url"].as_str().unwrap());
+        want.push(reqwest::get(url).await.unwrap().bytes().await.unwrap());
+    }
+
+    let mut openai = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(square_png()).file_name("square.png"),
+        )
+        .text("prompt", "make it blue")
+        .text("n", "2")
+        .text("output_compression", "70")
+        .text("response_format", "b64_json");
+    for (k, v) in shared {
+        openai = openai.text(k, v);
+    }
+    let res = reqwest::Client::new()
+        .post(format!("{gw}/v1/images/edits"))
+        .multipart(openai)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["output_format"], "jpeg");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{body}");
+    for (i, (d, want)) in data.iter().zip(&want).enumerate() {
+        assert_eq!(d["seed"], 11 + i as u64);
+        let got = base64::engine::general_purpose::STANDARD
+            .decode(d["b64_json"].as_str().unwrap())
+            .unwrap();
+        assert!(got.starts_with(&[0xff, 0xd8]), "not a JPEG");
+        assert_eq!(got.as_slice(), want.as_ref(), "image {i}");
+    }
+    let (w, h) = image::load_from_memory(&want[0])
+        .unwrap()
+        .into_rgb8()
+        .dimensions();
+    assert_eq!(body["size"], format!("{w}x{h}"));
+}

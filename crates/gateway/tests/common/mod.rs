@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Multipart, State};
@@ -42,17 +42,34 @@ pub enum Behaviour {
     Busy { retry_after: u64 },
 }
 
+/// The fields of a form, by name, as sent, in order.
+pub type Fields = Vec<(String, Vec<u8>)>;
+
 /// A fake runner and what it saw.
 #[derive(Clone)]
 pub struct FakeRunner {
     pub url: String,
     hits: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
+    last: Arc<Mutex<Fields>>,
 }
 
 impl FakeRunner {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The fields of the last job it got.
+    pub fn last_fields(&self) -> Fields {
+        self.last.lock().unwrap().clone()
+    }
+
+    /// The last job's text field `name`, if it had one.
+    pub fn last_text(&self, name: &str) -> Option<String> {
+        self.last_fields()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8(v).unwrap())
     }
 
     /// Lets every blocked job through.
@@ -67,6 +84,7 @@ struct FakeState {
     token: Option<String>,
     hits: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
+    last: Arc<Mutex<Fields>>,
 }
 
 /// The PNG a fake runner answers for image `i` with `tag`.
@@ -93,11 +111,16 @@ async fn fake_job(State(s): State<FakeState>, headers: HeaderMap, mut form: Mult
         }
     }
     let mut images = 1u8;
+    let mut fields = Vec::new();
     while let Some(field) = form.next_field().await.unwrap() {
-        if field.name() == Some("num_images_per_prompt") {
-            images = field.text().await.unwrap().parse().unwrap();
+        let name = field.name().unwrap_or_default().to_owned();
+        let data = field.bytes().await.unwrap().to_vec();
+        if name == "num_images_per_prompt" {
+            images = std::str::from_utf8(&data).unwrap().parse().unwrap();
         }
+        fields.push((name, data));
     }
+    *s.last.lock().unwrap() = fields;
     let tag = match s.behaviour {
         Behaviour::Answer { tag } => tag,
         Behaviour::Block { tag } => {
@@ -150,14 +173,20 @@ pub async fn fake_runner(behaviour: Behaviour, token: Option<&str>) -> FakeRunne
         token: token.map(str::to_owned),
         hits: Arc::new(AtomicUsize::new(0)),
         gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        last: Arc::new(Mutex::new(Vec::new())),
     };
-    let (hits, gate) = (state.hits.clone(), state.gate.clone());
+    let (hits, gate, last) = (state.hits.clone(), state.gate.clone(), state.last.clone());
     let app = Router::new()
         .route("/image-to-image", post(fake_job))
         .route("/health", axum::routing::get(|| async { "ok" }))
         .with_state(state);
     let url = listen(|l| async move { Ok(axum::serve(l, app).await?) }).await;
-    FakeRunner { url, hits, gate }
+    FakeRunner {
+        url,
+        hits,
+        gate,
+        last,
+    }
 }
 
 /// One `aiModels.json` entry for an external runner.
