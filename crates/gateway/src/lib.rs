@@ -9,11 +9,15 @@
 //! once, then `GET /jobs/<id>`, `GET /jobs/<id>/events` (Server-Sent Events), cancel, and a
 //! signed webhook ([`webhook`]) when it ends; jobs are kept in SQLite beside the ledger
 //! ([`job_store`]) and survive restarts.
+//!
+//! `GET /` is the playground (`playground`): a page that drives this same API from a
+//! browser.
 
 mod async_job;
 mod config;
 mod job;
 pub mod job_store;
+mod playground;
 pub mod ledger;
 mod registry;
 pub mod select;
@@ -171,6 +175,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/jobs/{request_id}/cancel", post(cancel_job))
         .route("/jobs/{request_id}/events", get(job_events))
         .route("/health", get(health))
+        .merge(playground::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |r, n| {
             tessera_api::oversize::drain_oversized(body_limit, r, n)
