@@ -6,7 +6,7 @@ folder as `timbrooks/instruct-pix2pix`, the default model) with an API key, then
 line per check and stopping at the first failure:
 
 1. the page loads with its Content-Security-Policy, without console errors, shows the API
-   key field (keys are configured) and the default model;
+   key field (keys are configured) and the default model; every control has a label;
 2. a picked fixture image shows its pixel size; bad LoRA JSON is refused on the page;
 3. a submit without the key shows the gateway's 401 and asks for a key;
 4. with the key, a 2-image job with a seed moves the progress bar (an intermediate value is
@@ -14,7 +14,8 @@ line per check and stopping at the first failure:
    file (a browser download) has the pixels of the API's own answer for those fields;
    "Use as input" puts a result in the image field;
 5. screenshots at desktop and phone width, the phone one without horizontal scrolling;
-6. a job that fails at the runner shows the API's message for it, as GET /jobs/<id> words it;
+6. a job that fails at the runner (submitted with Ctrl+Enter) shows the API's message for it,
+   as GET /jobs/<id> words it;
 7. Cancel on a long job: the page says cancelled, and so does GET /jobs/<id>.
 """
 
@@ -41,9 +42,9 @@ PROMPT = "turn it into a watercolour"
 STEPS = 12
 SEED = 42
 IMAGES = 2
-# Far more steps than the fixture can run before the cancel arrives; the cancel stops it
-# within one step, so this costs nothing.
-LONG_STEPS = 20000
+# Far more steps than the fixture runs before the cancel arrives (seconds of work; the
+# cancel stops it within one step). Schedulers take at most 1000, their training steps.
+LONG_STEPS = 1000
 LINKED_REVISION = "0" * 40
 CHROMIUM_ARGS = [
     "--headless",
@@ -228,7 +229,13 @@ def run(a, server):
         )
         check(model == MODEL, f"the model field says {model!r}, not the default {MODEL!r}")
         check(not real_problems(), f"the page logged errors: {real_problems()}")
-        ok(f"the page loads under its CSP, asks for a key, offers {MODEL}")
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll('input, select, textarea')]
+                .filter(e => !e.labels.length && !e.getAttribute('aria-labelledby'))
+                .map(e => e.id)"""
+        )
+        check(not unlabelled, f"controls without a label: {unlabelled}")
+        ok(f"the page loads under its CSP, asks for a key, offers {MODEL}; every control has a label")
 
         # 2. The image and LoRA fields.
         page.set_input_files("#image-file", str(image_path))
@@ -345,7 +352,8 @@ def run(a, server):
         # 6. A job the runner refuses: the page shows the API's words.
         page.set_input_files("#image-file", str(image_path))
         page.fill("#loras", '{"nobody/no-such-lora": 1.0}')
-        page.click("#submit")
+        # From the keyboard this time: Ctrl+Enter submits from any field.
+        page.press("#loras", "Control+Enter")
         page.wait_for_selector("#output[data-job-status=failed]", timeout=JOB_TIMEOUT * 1000)
         failed_id = page.get_attribute("#output", "data-job-id")
         status, doc = request(f"{base}/jobs/{failed_id}", headers=auth)
@@ -361,8 +369,11 @@ def run(a, server):
         page.fill("#num-images", "1")
         page.click("#submit")
         page.wait_for_function(
-            "() => document.getElementById('progress').value >= 1", timeout=JOB_TIMEOUT * 1000
+            "() => document.getElementById('progress').value >= 1"
+            " || document.getElementById('output').dataset.jobStatus === 'failed'",
+            timeout=JOB_TIMEOUT * 1000,
         )
+        check(page.is_hidden("#error"), f"the long job failed: {page.text_content('#error')!r}")
         page.click("#cancel")
         page.wait_for_selector("#output[data-job-status=cancelled]", timeout=60_000)
         cancelled_id = page.get_attribute("#output", "data-job-id")

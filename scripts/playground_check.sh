@@ -26,7 +26,7 @@ if [[ ! -x $chromium ]]; then
     echo "installing Debian's chromium" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq </dev/null >&2
-    apt-get install -y -qq --no-install-recommends chromium </dev/null >&2
+    apt-get install -y -qq chromium </dev/null >&2
 fi
 
 # Pinned, with Playwright's own dependencies, so that a release cannot change what is

@@ -38,34 +38,38 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 struct Asset {
     body: &'static str,
     content_type: &'static str,
+    etag: OnceLock<String>,
 }
 
-const INDEX: Asset = Asset {
+static INDEX: Asset = Asset {
     body: include_str!("../assets/playground/index.html"),
     content_type: "text/html; charset=utf-8",
+    etag: OnceLock::new(),
 };
-const APP_JS: Asset = Asset {
+static APP_JS: Asset = Asset {
     body: include_str!("../assets/playground/app.js"),
     content_type: "text/javascript; charset=utf-8",
+    etag: OnceLock::new(),
 };
-const STYLE_CSS: Asset = Asset {
+static STYLE_CSS: Asset = Asset {
     body: include_str!("../assets/playground/style.css"),
     content_type: "text/css; charset=utf-8",
+    etag: OnceLock::new(),
 };
 
 impl Asset {
     /// A strong validator of the file's bytes, computed once: browsers revalidate
     /// (`no-cache`) and get a 304 until the binary serves other bytes.
-    fn etag(&self, cell: &'static OnceLock<String>) -> &'static str {
-        cell.get_or_init(|| {
+    fn etag(&'static self) -> &'static str {
+        self.etag.get_or_init(|| {
             let digest = Sha256::digest(self.body.as_bytes());
             let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
             format!("\"{hex}\"")
         })
     }
 
-    fn respond(&self, cell: &'static OnceLock<String>, request: &HeaderMap) -> Response {
-        let etag = self.etag(cell);
+    fn respond(&'static self, request: &HeaderMap) -> Response {
+        let etag = self.etag();
         let fresh = request
             .get_all(header::IF_NONE_MATCH)
             .iter()
@@ -79,7 +83,10 @@ impl Asset {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
             (
-                [(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(self.content_type),
+                )],
                 self.body,
             )
                 .into_response()
@@ -110,21 +117,15 @@ fn secure(headers: &mut HeaderMap) {
 
 /// The playground's routes, to merge into the gateway's router.
 pub(crate) fn routes() -> Router<Gateway> {
-    static INDEX_TAG: OnceLock<String> = OnceLock::new();
-    static APP_TAG: OnceLock<String> = OnceLock::new();
-    static STYLE_TAG: OnceLock<String> = OnceLock::new();
     Router::new()
-        .route(
-            PAGE,
-            get(|h: HeaderMap| async move { INDEX.respond(&INDEX_TAG, &h) }),
-        )
+        .route(PAGE, get(|h: HeaderMap| async move { INDEX.respond(&h) }))
         .route(
             SCRIPT,
-            get(|h: HeaderMap| async move { APP_JS.respond(&APP_TAG, &h) }),
+            get(|h: HeaderMap| async move { APP_JS.respond(&h) }),
         )
         .route(
             STYLE,
-            get(|h: HeaderMap| async move { STYLE_CSS.respond(&STYLE_TAG, &h) }),
+            get(|h: HeaderMap| async move { STYLE_CSS.respond(&h) }),
         )
         .route(CONFIG, get(config))
 }
@@ -257,12 +258,13 @@ mod tests {
 
     #[test]
     fn etags_are_quoted_hashes_that_differ_per_file() {
-        static A: OnceLock<String> = OnceLock::new();
-        static B: OnceLock<String> = OnceLock::new();
-        let (a, b) = (INDEX.etag(&A), APP_JS.etag(&B));
-        assert!(a.starts_with('"') && a.ends_with('"') && a.len() == 26, "{a}");
+        let (a, b) = (INDEX.etag(), APP_JS.etag());
+        assert!(
+            a.starts_with('"') && a.ends_with('"') && a.len() == 26,
+            "{a}"
+        );
         assert_ne!(a, b);
         // Computed once, the same after.
-        assert_eq!(INDEX.etag(&A), a);
+        assert_eq!(INDEX.etag(), a);
     }
 }

@@ -21,7 +21,8 @@
     image: null,
     imageName: "",
     imageUrl: null,
-    // The job being followed: {id, safetyCheck, ended, results: Map(index -> <li>)}.
+    // The job being followed: {id, safetyCheck, ended, lastProgress,
+    // results: Map(index -> <li>)}.
     job: null,
   };
 
@@ -278,13 +279,14 @@
     delete $("output").dataset.jobStatus;
   }
 
-  function showProgress(p) {
+  function showProgress(job, p) {
+    job.lastProgress = p;
     const total = Math.max(1, p.images * p.steps);
     const bar = $("progress");
     bar.max = total;
     bar.value = Math.min(total, p.image * p.steps + p.step);
     let text = `Image ${p.image + 1} of ${p.images} · step ${p.step} of ${p.steps}`;
-    if (p.remaining_secs != null) text += ` · about ${formatSecs(p.remaining_secs)} left`;
+    if (p.remaining_secs > 0) text += ` · about ${formatSecs(p.remaining_secs)} left`;
     $("progress-text").textContent = text;
     setStatus("Running.");
   }
@@ -373,6 +375,10 @@
     if (status === "succeeded") {
       const bar = $("progress");
       bar.value = bar.max;
+      const p = job.lastProgress;
+      $("progress-text").textContent = p ? `${p.images * p.steps} steps in ${formatSecs(p.elapsed_secs)}` : "";
+      // The results are what the previews were approaching.
+      $("preview-box").hidden = true;
       setStatus(`Done: ${count} image${count === 1 ? "" : "s"} (job ${job.id}).`);
     } else if (status === "cancelled") {
       setStatus(`Cancelled (job ${job.id})${count ? `; ${count} image${count === 1 ? "" : "s"} finished before` : ""}.`);
@@ -401,7 +407,7 @@
         } catch (_) {
           continue;
         }
-        if (event === "progress") showProgress(p);
+        if (event === "progress") showProgress(job, p);
         else if (event === "preview") showPreview(p);
         else if (event === "image") showResult(job, p.index, p);
         else if (event === "done") finish(job, "succeeded", p.images);
@@ -446,6 +452,8 @@
       return;
     }
     resetOutput();
+    // At phone width the job's panel is below the form: bring it into view.
+    $("output").scrollIntoView({ block: "nearest" });
     setBusy(true);
     $("cancel").disabled = true;
     setStatus("Uploading…");
@@ -473,6 +481,7 @@
       id: accepted.id,
       safetyCheck: $("safety-check").checked,
       ended: false,
+      lastProgress: null,
       results: new Map(),
     };
     state.job = job;
