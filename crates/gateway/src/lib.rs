@@ -12,6 +12,8 @@
 //!
 //! OpenAI's images API is served too (`openai`): `POST /v1/images/edits` runs through the
 //! same job path, and `GET /v1/models` lists the models the ready runners serve.
+//! `GET /` is the playground (`playground`): a page that drives this same API from a
+//! browser.
 
 mod async_job;
 mod config;
@@ -19,6 +21,7 @@ mod job;
 pub mod job_store;
 pub mod ledger;
 mod openai;
+mod playground;
 mod registry;
 pub mod select;
 pub mod storage;
@@ -179,6 +182,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{*model}", get(openai::get_model))
         .route("/v1/{*rest}", any(openai::unknown))
+        .merge(playground::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |r, n| {
             tessera_api::oversize::drain_oversized(body_limit, r, n)
