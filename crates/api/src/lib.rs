@@ -31,6 +31,7 @@ pub mod oversize;
 pub mod price;
 #[cfg(feature = "http")]
 pub mod request;
+pub mod retry;
 #[cfg(feature = "http")]
 pub mod serve;
 #[cfg(feature = "http")]

@@ -114,8 +114,8 @@ enum Attempt {
     Refused(Refusal, String),
     /// This orchestrator could not do it; another may.
     Failed(String),
-    /// This orchestrator is busy (503) and said when to come back.
-    Busy(String, u64),
+    /// This orchestrator is busy (503), and maybe said when to come back.
+    Busy(String, Option<u64>),
 }
 
 /// `POST /image-to-image`: runs the job and answers with its stored images' URLs. The
@@ -366,7 +366,15 @@ async fn dispatch(
                 errors.push(format!("{}: {why}", candidate.url));
                 all_busy = false;
             }
-            Attempt::Busy(why, secs) => {
+            Attempt::Busy(why, said) => {
+                // A runner's queue says when; an orchestrator out of slots does not, and
+                // one slot frees within a job of this size at the runner's recent pace.
+                let secs = said.unwrap_or_else(|| {
+                    let job_secs = candidate
+                        .latency_score
+                        .map(|per_pixel_step| per_pixel_step * (job.pixels * job.steps) as f64);
+                    tessera_api::retry::retry_after_secs(1, job_secs)
+                });
                 tracing::info!(orchestrator = %candidate.url, retry_after = secs, "busy; trying the next orchestrator");
                 errors.push(format!("{}: {why}", candidate.url));
                 retry_after = Some(retry_after.map_or(secs, |r| r.min(secs)));
@@ -429,13 +437,10 @@ async fn attempt(gateway: &Gateway, url: &str, job: &Routed, timeout: Duration) 
         };
         return Attempt::Refused(refusal, msg);
     }
-    let retry_after = (status == StatusCode::SERVICE_UNAVAILABLE)
-        .then(|| retry_after_header(&headers))
-        .flatten();
-    match retry_after {
-        Some(secs) => Attempt::Busy(format!("{status}: {msg}"), secs),
-        None => Attempt::Failed(format!("{status}: {msg}")),
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return Attempt::Busy(format!("{status}: {msg}"), retry_after_header(&headers));
     }
+    Attempt::Failed(format!("{status}: {msg}"))
 }
 
 /// `Retry-After` in seconds (the form runners send; an HTTP date is not taken).

@@ -171,9 +171,35 @@ impl ResultStore {
     }
 }
 
+/// Whether `e` says the storage is out of space or over its quota (ENOSPC, EDQUOT; an S3
+/// bucket says so with its own errors, which are not recognised here).
+pub fn is_storage_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_from_other_failures_through_the_context() {
+        let full = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::StorageFull))
+            .context("storing r/0.png");
+        let quota = anyhow::Error::new(std::io::Error::from_raw_os_error(122));
+        let denied = anyhow::Error::new(std::io::Error::from(
+            std::io::ErrorKind::PermissionDenied,
+        ));
+        assert!(is_storage_full(&full));
+        assert!(is_storage_full(&quota), "EDQUOT");
+        assert!(!is_storage_full(&denied));
+    }
 
     #[tokio::test]
     async fn images_are_kept_apart_and_swept_after_the_retention() {
@@ -201,15 +227,3 @@ mod tests {
     }
 }
 
-/// Whether `e` says the storage is out of space or over its quota (ENOSPC, EDQUOT; an S3
-/// bucket says so with its own errors, which are not recognised here).
-pub fn is_storage_full(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
-        })
-    })
-}

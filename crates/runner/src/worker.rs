@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tessera_api::jobs::{FinishedImage, Preview, Progress};
 use tessera_api::output::data_url;
+use tessera_api::retry::retry_after_secs;
 use tessera_api::{ImageFormat, OutputFormat};
 use tessera_engine::image_io::RgbImage;
 use tokio::sync::{mpsc, oneshot};
@@ -56,23 +57,6 @@ struct Task {
 #[derive(Clone)]
 pub(crate) struct Queue {
     sender: SyncSender<Task>,
-}
-
-/// How long a client refused for a full queue is told to wait before any job has finished
-/// (so nothing is known of how long jobs take here): about one short edit.
-const FIRST_RETRY_AFTER_SECS: u64 = 5;
-/// The longest wait a refusal advises; past it a client is better off elsewhere.
-const MAX_RETRY_AFTER_SECS: u64 = 3600;
-
-/// Seconds a refused client should wait: the jobs ahead of it (the queued ones and the one
-/// running) times how long recent jobs took, rounded up.
-pub(crate) fn retry_after_secs(ahead: usize, recent_job_secs: Option<f64>) -> u64 {
-    match recent_job_secs {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => {
-            ((ahead as f64 * secs).ceil() as u64).clamp(1, MAX_RETRY_AFTER_SECS)
-        }
-        _ => FIRST_RETRY_AFTER_SECS,
-    }
 }
 
 impl Queue {
@@ -307,26 +291,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("no message")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::retry_after_secs;
-
-    #[test]
-    fn retry_after_follows_the_queue_and_recent_jobs() {
-        assert_eq!(retry_after_secs(3, None), 5, "nothing known yet");
-        assert_eq!(
-            retry_after_secs(3, Some(2.5)),
-            8,
-            "3 jobs ahead of 2.5 s, rounded up"
-        );
-        assert_eq!(
-            retry_after_secs(1, Some(0.01)),
-            1,
-            "never 0: that would mean now"
-        );
-        assert_eq!(retry_after_secs(10_000, Some(60.0)), 3600);
-        assert_eq!(retry_after_secs(2, Some(f64::NAN)), 5);
-    }
 }

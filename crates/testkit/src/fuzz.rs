@@ -471,20 +471,7 @@ impl Fuzz {
             8 => {
                 // Swap a decimal number for an extreme one.
                 if let Some((start, end)) = digits_around(data, at) {
-                    let huge: &[u8] = *pick(
-                        rng,
-                        &[
-                            b"0".as_slice(),
-                            b"-1",
-                            b"4294967296",
-                            b"18446744073709551616",
-                            b"1e308",
-                            b"1e999",
-                            b"-0.0",
-                            b"99999999999999999999999",
-                            b"NaN",
-                        ],
-                    );
+                    let huge = pick(rng, &EXTREME_NUMBERS);
                     data.splice(start..end, huge.iter().copied());
                 } else {
                     data.insert(at, rng.random());
@@ -498,6 +485,19 @@ impl Fuzz {
         }
     }
 }
+
+/// Numbers that break parsers: zero, negative, past u32 and u64, past f64, NaN.
+const EXTREME_NUMBERS: [&[u8]; 9] = [
+    b"0",
+    b"-1",
+    b"4294967296",
+    b"18446744073709551616",
+    b"1e308",
+    b"1e999",
+    b"-0.0",
+    b"99999999999999999999999",
+    b"NaN",
+];
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
