@@ -130,6 +130,20 @@ def one_request(url, fields, image, headers):
     return status, time.monotonic() - started, answer_headers.get("Retry-After")
 
 
+def sequential_waits(url, image, headers, fields, n):
+    """Milliseconds each of `n` requests in a row took, sorted (the server otherwise idle)."""
+    waits = []
+    for _ in range(n):
+        status, took, _ = one_request(url, fields, image, headers)
+        check(status == 200, f"{url}: a lone request got {status}")
+        waits.append(took * 1000)
+    return sorted(waits)
+
+
+def percentile(sorted_values, p):
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))]
+
+
 def overload(name, url, image, pid, headers_for, requests, fields):
     """Sends `requests` requests to `url`, open loop at 10x the measured capacity; returns
     the tally of answers. `headers_for(i)` gives request i's headers."""
@@ -412,6 +426,8 @@ def run(a, cluster):
                                       "--host", "127.0.0.1", "--port", str(port),
                                       "--queue-depth", "2", "--auth-token", API_KEY])
     cluster.wait_healthy("runner", base)
+    direct = sequential_waits(base + "/image-to-image", image,
+                              {"Authorization": f"Bearer {API_KEY}"}, fields, 100)
     overload("runner", base + "/image-to-image", image, runner.pid,
              lambda i: {"Authorization": f"Bearer {API_KEY}"}, a.requests, fields)
     cluster.stop("runner")
@@ -424,6 +440,12 @@ def run(a, cluster):
     serve = cluster.start("serve", [*serve_args, "--port", str(port),
                                     "--data-dir", str(a.work / "overload-data")])
     cluster.wait_healthy("serve", base)
+    through = sequential_waits(base + "/image-to-image", image,
+                               {"Authorization": f"Bearer {API_KEY}"}, fields, 100)
+    print(f"      latency, 100 requests in a row: runner direct p50 {percentile(direct, 0.5):.1f} ms "
+          f"p99 {percentile(direct, 0.99):.1f} ms; through gateway + orchestrator (tessera serve) "
+          f"p50 {percentile(through, 0.5):.1f} ms p99 {percentile(through, 0.99):.1f} ms; "
+          f"overhead p50 {percentile(through, 0.5) - percentile(direct, 0.5):+.1f} ms", flush=True)
     tally, _, _ = overload(
         "gateway", base + "/image-to-image", image, serve.pid,
         lambda i: {"Authorization": f"Bearer {WRONG_KEY if i % 10 == 7 else API_KEY}"},
