@@ -13,21 +13,12 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source scripts/check_lib.sh
 
 echo "building tessera (debug)" >&2
 cargo build --quiet -p tessera </dev/null >&2
 
-work="$(mktemp -d)"
-cleanup() {
-    if [[ -f "$work/pids" ]]; then
-        while read -r pid; do
-            kill -9 "$pid" 2>/dev/null || true
-        done <"$work/pids"
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work
 
 echo "fuzzing (${CHAOS_FUZZ_INPUTS:-5000} mutations per target, seed ${CHAOS_FUZZ_SEED:-19})" >&2
 TESSERA_FUZZ_INPUTS="${CHAOS_FUZZ_INPUTS:-5000}" TESSERA_FUZZ_SEED="${CHAOS_FUZZ_SEED:-19}" \

@@ -2,9 +2,9 @@
 hub cache laid out from fixture folders, the processes under test, and small HTTP helpers
 on the standard library (so a check needs no package for them).
 
-Imported by scripts/network_check.py, scripts/live_runner_check.py and
-scripts/chaos_check.py, which are run from scripts/ (Python puts a script's own folder on
-`sys.path`).
+Imported by the check scripts beside it (network, live runner, playground, chaos), which
+are run from scripts/ (Python puts a script's own folder on `sys.path`). Their shell halves
+share scripts/check_lib.sh.
 """
 
 import io

@@ -13,37 +13,18 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source scripts/check_lib.sh
 
 # The SDK and what the check reads images with, pinned so that a new SDK release cannot
 # change what is being checked without a commit here.
 requirements=(livepeer-ai==0.10.0 pillow==13.0.0 numpy==2.4.6)
 venv="$repo/target/netcheck-venv"
-stamp="$venv/.requirements"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]]; then
-    echo "setting up $venv" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$venv/bin/pip" install --quiet "${requirements[@]}" </dev/null >&2
-    echo "${requirements[*]}" >"$stamp"
-fi
+pinned_venv "$venv" "${requirements[@]}"
 
 echo "building tessera (debug)" >&2
 cargo build --quiet -p tessera </dev/null >&2
 
-work="$(mktemp -d)"
-# The Python side writes the id of every process it starts to $work/pids; whatever way
-# this script ends, none of them outlives it.
-cleanup() {
-    if [[ -f "$work/pids" ]]; then
-        while read -r pid; do
-            kill -9 "$pid" 2>/dev/null || true
-        done <"$work/pids"
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work
 
 HF_HUB_OFFLINE=1 "$venv/bin/python" "$repo/scripts/network_check.py" \
     --tessera "$repo/target/debug/tessera" \

@@ -6,20 +6,13 @@
 # pinned SDK in target/openai-venv; no GPU, no standard input. CI runs it from .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/check_lib.sh
 root=$(pwd)
 
 # Pinned so that a new SDK release cannot change what CI checks unannounced.
 requirements=(openai==3.63.0 pillow==13.0.0)
 venv=target/openai-venv
-stamp="$venv/.requirements"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]]; then
-  echo "setting up $venv" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/pip" install --quiet \
-    "${requirements[@]}" </dev/null >&2
-  echo "${requirements[*]}" >"$stamp"
-fi
+pinned_venv "$venv" "${requirements[@]}"
 py="$root/$venv/bin/python"
 
 echo "building tessera (debug)" >&2

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
+from check_common import CheckFailed, check, free_port, link_hub_repo, ok
+
 MODEL = "timbrooks/instruct-pix2pix"
 API_KEY = "playground-key"
 PROMPT = "turn it into a watercolour"
@@ -45,7 +46,6 @@ IMAGES = 2
 # Far more steps than the fixture runs before the cancel arrives (seconds of work; the
 # cancel stops it within one step). Schedulers take at most 1000, their training steps.
 LONG_STEPS = 1000
-LINKED_REVISION = "0" * 40
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -58,34 +58,6 @@ CHROMIUM_ARGS = [
 ]
 # Seconds a job of the fixture may take in a debug build on a busy machine.
 JOB_TIMEOUT = 180
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(ok, what):
-    if not ok:
-        raise CheckFailed(what)
-
-
-def ok(line):
-    print(f"ok    {line}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def link_hub_repo(hub, repo_id, folder):
-    """Lays out `folder` as repository `repo_id` of a hub cache (a snapshot linking to it)."""
-    repo = hub / ("models--" + repo_id.replace("/", "--"))
-    (repo / "snapshots").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "snapshots" / LINKED_REVISION).symlink_to(folder.resolve())
-    (repo / "refs" / "main").write_text(LINKED_REVISION)
 
 
 def request(url, data=None, headers=None, method=None):

@@ -20,6 +20,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source scripts/check_lib.sh
 
 chromium=/usr/bin/chromium
 if [[ ! -x $chromium ]]; then
@@ -33,32 +34,12 @@ fi
 # checked without a commit here.
 requirements=(playwright==1.65.2 greenlet==3.5.6 pillow==13.0.0 numpy==2.4.6)
 venv="$repo/target/playground-venv"
-stamp="$venv/.requirements"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]]; then
-    echo "setting up $venv" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$venv/bin/pip" install --quiet "${requirements[@]}" </dev/null >&2
-    echo "${requirements[*]}" >"$stamp"
-fi
+pinned_venv "$venv" "${requirements[@]}"
 
 echo "building tessera (debug)" >&2
 cargo build --quiet -p tessera </dev/null >&2
 
-work="$(mktemp -d)"
-# The Python side writes the id of the server it starts to $work/pids; whatever way this
-# script ends, it does not outlive it.
-cleanup() {
-    if [[ -f "$work/pids" ]]; then
-        while read -r pid; do
-            kill -9 "$pid" 2>/dev/null || true
-        done <"$work/pids"
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work
 
 HF_HUB_OFFLINE=1 "$venv/bin/python" "$repo/scripts/playground_check.py" \
     --tessera "$repo/target/debug/tessera" \
