@@ -193,9 +193,7 @@ mod tests {
         let full = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::StorageFull))
             .context("storing r/0.png");
         let quota = anyhow::Error::new(std::io::Error::from_raw_os_error(122));
-        let denied = anyhow::Error::new(std::io::Error::from(
-            std::io::ErrorKind::PermissionDenied,
-        ));
+        let denied = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
         assert!(is_storage_full(&full));
         assert!(is_storage_full(&quota), "EDQUOT");
         assert!(!is_storage_full(&denied));
@@ -226,4 +224,3 @@ mod tests {
         assert_eq!(kept.get("req", "0.png").await.unwrap(), None);
     }
 }
-
