@@ -9,13 +9,7 @@ use subtle::{Choice, ConstantTimeEq};
 /// key is compared, in constant time, so that response times tell nothing about which key
 /// or how much of it a guess got right. The scheme is case-insensitive (RFC 7235).
 pub fn bearer_accepted<K: AsRef<[u8]>>(headers: &HeaderMap, accepted: &[K]) -> bool {
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token)
-    else {
+    let Some(token) = bearer_token(headers) else {
         return false;
     };
     accepted
@@ -24,6 +18,16 @@ pub fn bearer_accepted<K: AsRef<[u8]>>(headers: &HeaderMap, accepted: &[K]) -> b
             found | token.as_bytes().ct_eq(key.as_ref())
         })
         .into()
+}
+
+/// The token of `Authorization: Bearer <token>`, if the headers carry one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
 }
 
 /// Whether `given` is `expected`, compared in constant time (go-livepeer's `hmac.Equal`).

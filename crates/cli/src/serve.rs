@@ -37,6 +37,12 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_keys: Vec<String>,
+    /// Jobs one API key may have running at once (0: no limit); past it, 429.
+    #[arg(long, default_value_t = 0)]
+    key_max_running_jobs: u32,
+    /// Requests one API key may send per minute (0: no limit); past it, 429.
+    #[arg(long, default_value_t = 0)]
+    key_requests_per_minute: u32,
     /// Makes result URLs absolute, e.g. `https://edit.example.com`.
     #[arg(long)]
     public_url: Option<String>,
@@ -69,6 +75,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let gateway_config = GatewayConfig {
         default_model: a.model_id,
         api_keys: a.api_keys.into_iter().filter(|k| !k.is_empty()).collect(),
+        key_limits: tessera_gateway::quota::KeyLimits {
+            max_running_jobs: a.key_max_running_jobs,
+            requests_per_minute: a.key_requests_per_minute,
+        },
         public_base_url: a.public_url,
         storage: StorageConfig::Local {
             path: a.data_dir.join("results"),

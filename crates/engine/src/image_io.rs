@@ -86,10 +86,23 @@ pub fn decode_within(bytes: &[u8], max_side: u32) -> Result<RgbImage> {
         .into_dimensions()
         .map_err(|e| decode_error(format, e))?;
     check_side(width, height, max_side)?;
-    let image = image::ImageReader::with_format(Cursor::new(bytes), format)
-        .decode()
-        .map_err(|e| decode_error(format, e))?;
+    // The header's size is not the whole story: a GIF frame, say, may declare itself far
+    // larger than the screen the header gives (a fuzzed 9x5 GIF asked for 636 MiB). The
+    // decoder's own limits hold every frame and buffer to the largest image allowed.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
+    limits.max_alloc = Some(decode_budget(max_side));
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| decode_error(format, e))?;
     Ok(to_pil_rgb(image))
+}
+
+/// Bytes a decoder may allocate for an image of at most `max_side` a side: the largest
+/// such image in 16-bit RGBA, the widest pixel any accepted format decodes to.
+fn decode_budget(max_side: u32) -> u64 {
+    u64::from(max_side) * u64::from(max_side) * 8
 }
 
 /// Refuses an image wider or taller than `max_side`, naming both sizes.

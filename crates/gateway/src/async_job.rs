@@ -37,6 +37,7 @@ use tokio::sync::{broadcast, watch};
 use crate::job::{self, Routed};
 use crate::job_store::JobStore;
 use crate::ledger::{status as ledger_status, JobRecord};
+use crate::quota::Admission;
 use crate::select::Candidate;
 use crate::webhook::{self, FIELD as WEBHOOK_FIELD};
 use crate::Gateway;
@@ -244,8 +245,13 @@ fn ledger_record(doc: &JobDocument) -> JobRecord {
 
 /// `POST /image-to-image` with `Prefer: respond-async`: the request is checked as the
 /// runner would check it, then answered 202 with the job's document while it runs.
-pub(crate) async fn submit(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Response {
-    match accept(gateway, headers, body).await {
+pub(crate) async fn submit(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Bytes,
+    admission: Option<Admission>,
+) -> Response {
+    match accept(gateway, headers, body, admission).await {
         Ok(doc) => {
             let mut response = (StatusCode::ACCEPTED, Json(&doc)).into_response();
             let headers = response.headers_mut();
@@ -269,6 +275,7 @@ async fn accept(
     gateway: &Gateway,
     headers: &HeaderMap,
     body: Bytes,
+    admission: Option<Admission>,
 ) -> Result<JobDocument, ApiError> {
     let mut form = Form::read(headers, body).await?;
     let webhook = webhook_url(gateway, &form).await?;
@@ -316,7 +323,7 @@ async fn accept(
         started: Instant::now(),
     });
     lock(&gateway.inner.jobs.live).insert(id, live.clone());
-    tokio::spawn(run(gateway.clone(), live, job));
+    tokio::spawn(run(gateway.clone(), live, job, admission));
     Ok(doc)
 }
 
@@ -355,7 +362,8 @@ async fn persist_logged(gateway: &Gateway, doc: JobDocument) {
 }
 
 /// Runs the job until it ends or is cancelled, then records how it ended.
-async fn run(gateway: Gateway, live: Arc<Live>, job: Routed) {
+/// `admission`, the client key's place, is held until the job has ended.
+async fn run(gateway: Gateway, live: Arc<Live>, job: Routed, admission: Option<Admission>) {
     let mut cancel = live.cancel.subscribe();
     let outcome = tokio::select! {
         biased;
@@ -363,6 +371,7 @@ async fn run(gateway: Gateway, live: Arc<Live>, job: Routed) {
         outcome = drive(&gateway, &live, &job) => outcome,
     };
     finish(&gateway, &live, &job, outcome).await;
+    drop(admission);
 }
 
 /// Tries the orchestrators in order, as the synchronous path does, over their event streams.

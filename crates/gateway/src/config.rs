@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tessera_api::price::{PixelPrice, UnitPrice};
 use tessera_api::{defaults, Limits};
 
+use crate::quota::KeyLimits;
 use crate::storage::StorageConfig;
 
 /// The port go-livepeer gateways listen on.
@@ -27,6 +28,9 @@ pub struct GatewayConfig {
     pub default_model: String,
     /// When not empty, clients must send `Authorization: Bearer <one of these>`.
     pub api_keys: Vec<String>,
+    /// What each of those keys may do: jobs running at once and requests per minute
+    /// (`{"max_running_jobs": 4, "requests_per_minute": 60}`; 0 or absent is no limit).
+    pub key_limits: KeyLimits,
     /// Makes result URLs absolute, e.g. `https://gw.example.com`.
     pub public_base_url: Option<String>,
     pub storage: StorageConfig,
@@ -61,6 +65,7 @@ impl Default for GatewayConfig {
             max_price: HashMap::new(),
             default_model: defaults::MODEL_ID.into(),
             api_keys: Vec::new(),
+            key_limits: KeyLimits::default(),
             public_base_url: None,
             storage: StorageConfig::default(),
             retention_hours: 24.0,

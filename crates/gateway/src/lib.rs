@@ -22,6 +22,7 @@ pub mod job_store;
 pub mod ledger;
 mod openai;
 mod playground;
+pub mod quota;
 mod registry;
 pub mod select;
 pub mod storage;
@@ -71,6 +72,7 @@ struct Inner {
     ledger: Ledger,
     jobs: Jobs,
     webhooks: WebhookConfig,
+    quotas: Arc<quota::Quotas>,
     client: reqwest::Client,
 }
 
@@ -94,6 +96,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 jobs,
                 webhooks,
+                quotas: quota::Quotas::new(config.key_limits),
                 max_prices: config.max_prices()?,
                 registry: Registry::new(&config.orchestrators),
                 client: reqwest::Client::builder()
@@ -165,6 +168,20 @@ impl Gateway {
         let keys = &self.inner.config.api_keys;
         keys.is_empty() || bearer_accepted(headers, keys)
     }
+
+    /// A place under the limits of the caller's key, once [`Gateway::authorized`] has let
+    /// it in; `None` when no keys are configured (nothing to count by).
+    fn admit(&self, headers: &HeaderMap) -> Result<Option<quota::Admission>, quota::OverLimit> {
+        if self.inner.config.api_keys.is_empty() {
+            return Ok(None);
+        }
+        let key = tessera_api::auth::bearer_token(headers).unwrap_or_default();
+        let admitted = self.inner.quotas.admit(key, std::time::Instant::now());
+        if let Err(over) = &admitted {
+            tracing::info!(retry_after = over.retry_after_secs, "{}", over.message);
+        }
+        admitted.map(Some)
+    }
 }
 
 /// The gateway's HTTP API.
@@ -203,13 +220,31 @@ async fn image_to_image(
     if !gateway.authorized(&headers) {
         return ApiError::Unauthorized.into_response();
     }
+    let admission = match gateway.admit(&headers) {
+        Ok(admission) => admission,
+        Err(over) => return too_many_requests(over),
+    };
     match body {
         Ok(body) if tessera_api::jobs::prefers_async(&headers) => {
-            async_job::submit(&gateway, &headers, body).await
+            async_job::submit(&gateway, &headers, body, admission).await
         }
-        Ok(body) => job::handle(&gateway, &headers, body).await,
+        Ok(body) => {
+            let answer = job::handle(&gateway, &headers, body).await;
+            drop(admission);
+            answer
+        }
         Err(r) => ApiError::body_rejected(r, "gateway").into_response(),
     }
+}
+
+/// A key over its limits: 429 with `Retry-After`, in the runner's error shape.
+fn too_many_requests(over: quota::OverLimit) -> Response {
+    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, over.message).into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(over.retry_after_secs),
+    );
+    response
 }
 
 /// A stored result. Names are checked before the store is asked, so that no path can

@@ -256,6 +256,61 @@ async fn when_every_orchestrator_is_busy_the_soonest_retry_after_is_passed_on() 
 }
 
 #[tokio::test]
+async fn each_key_gets_its_limits_with_429_and_retry_after() {
+    let blocked = fake_runner(Behaviour::Block { tag: 1 }, None).await;
+    let o = orchestrator_for(&blocked, true, 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(dir.path(), &[&o]);
+    config.api_keys = vec!["key-a".into(), "key-b".into()];
+    config.key_limits = tessera_gateway::quota::KeyLimits {
+        max_running_jobs: 1,
+        requests_per_minute: 3,
+    };
+    let gw = gateway(config).await;
+    let post = |key: &'static str| {
+        let gw = gw.clone();
+        async move {
+            let res = reqwest::Client::new()
+                .post(format!("{gw}/image-to-image"))
+                .bearer_auth(key)
+                .multipart(form(input_png(4, 4), &[]))
+                .send()
+                .await
+                .unwrap();
+            let retry = res
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = res.status();
+            (status, retry, res.json::<Value>().await.unwrap())
+        }
+    };
+    // key-a's first job runs (blocked at the runner); its second is over the running limit.
+    let first = tokio::spawn(post("key-a"));
+    while blocked.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, retry, body) = post("key-a").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    let fingerprint = tessera_gateway::quota::fingerprint("key-a");
+    assert!(msg(&body).contains(&fingerprint), "{body}");
+    assert!(!msg(&body).contains("\"key-a\""), "{body}");
+    // key-b is not held back by key-a.
+    blocked.release();
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    assert_eq!(post("key-b").await.0, StatusCode::OK);
+    // key-a has 1 admitted request this minute (refusals do not count): 2 more pass, the
+    // next is over 3 per minute until the first leaves the minute.
+    assert_eq!(post("key-a").await.0, StatusCode::OK);
+    assert_eq!(post("key-a").await.0, StatusCode::OK);
+    let (status, retry, _) = post("key-a").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let secs: u64 = retry.unwrap().parse().unwrap();
+    assert!((50..=60).contains(&secs), "Retry-After {secs}");
+}
+
+#[tokio::test]
 async fn without_orchestrators_jobs_are_refused_with_503_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     // One listed orchestrator is not even running.

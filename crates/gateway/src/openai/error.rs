@@ -86,6 +86,15 @@ impl OpenAiError {
     }
 
     /// The 401 for a missing or wrong API key, when the gateway has keys.
+    /// A key over its limits: OpenAI's rate-limit error (the SDK's `RateLimitError`).
+    pub fn over_limit(over: crate::quota::OverLimit) -> Self {
+        Self {
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(over.retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, over.message)
+        }
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -191,6 +200,9 @@ impl OpenAiError {
     fn kind(&self) -> &'static str {
         if self.status.is_server_error() {
             SERVER_ERROR
+        } else if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // What OpenAI calls a request-rate limit.
+            "requests"
         } else {
             INVALID_REQUEST
         }

@@ -104,6 +104,10 @@ pub(crate) async fn edits(
     if !gateway.authorized(&headers) {
         return OpenAiError::unauthorized().into_response();
     }
+    let _admission = match gateway.admit(&headers) {
+        Ok(admission) => admission,
+        Err(over) => return OpenAiError::over_limit(over).into_response(),
+    };
     let edit = match read(&gateway, &headers, body).await {
         Ok(edit) => edit,
         Err(e) => return refuse(&gateway, e).await,
